@@ -1,0 +1,41 @@
+//! Building blocks the tests share: child processes, the real test IdP, a browser that plays a person, a
+//! rogue token endpoint, a fake Headscale and an echo upstream.
+
+#![allow(dead_code)]
+
+pub mod browser;
+pub mod echo;
+pub mod fake_headscale;
+pub mod idp;
+pub mod process;
+pub mod rogue;
+
+use std::path::PathBuf;
+
+/// The package root (where `Cargo.toml` is).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `../shared` reference folder beside the repository.
+pub fn shared() -> PathBuf {
+    let p = root().join("../shared");
+    assert!(p.is_dir(), "the reference folder ../shared is missing next to {}", root().display());
+    p
+}
+
+/// The headgate binary that cargo built for this test run.
+pub fn headgate_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_headgate"))
+}
+
+/// A fresh temporary directory, removed when the guard drops.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("headgate-it-").tempdir().expect("create temp dir")
+}
+
+/// A port the OS just handed out and released: good enough for a child process that must be told its port
+/// on the command line (in-process servers bind port 0 directly instead).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

@@ -1,0 +1,13 @@
+//! headgate's one integration test binary. Every test runs the real pieces it needs (the headgate binary or
+//! library server, the real test IdP, fake Headscale, echo upstream) on its own ephemeral ports and temp
+//! directory; processes are killed when their guard drops and their logs are printed when a test fails.
+
+mod harness;
+
+mod check_config;
+mod cli;
+mod config;
+mod fake_headscale;
+mod idp;
+mod serve;
+mod store;
