@@ -5,13 +5,18 @@
 
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod check;
 pub mod cli;
 pub mod config;
-pub mod crypto;
 pub mod headscale;
 pub mod http_client;
 pub mod logging;
 pub mod oidc;
 pub mod server;
 pub mod store;
+
+/// rustls needs one process-wide crypto provider; headgate uses ring (no C build step). Safe to call often.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,1 +1,4 @@
-//! TODO
+//! OpenID Connect relying party: discovery, authorization URL, callback, token exchange, ID-token checks,
+//! userinfo.
+
+pub mod discovery;

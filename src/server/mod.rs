@@ -1,0 +1,132 @@
+//! Listeners: TCP (optionally TLS), HTTP/1.1 and HTTP/2 (also cleartext h2 with prior knowledge), bounded
+//! header reads, graceful shutdown.
+
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::app::App;
+
+/// How long a client may take to send its request headers (slowloris).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head headgate reads (HTTP/1.1 buffer, HTTP/2 header list).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+pub struct Server {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: Arc<App>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr} (server.listen): {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+impl Server {
+    pub async fn bind(app: Arc<App>) -> Result<Server, ServeError> {
+        let addr = app.config().server.listen;
+        let tls = match &app.config().server.tls {
+            Some(files) => Some(TlsAcceptor::from(tls::load(files)?)),
+            None => None,
+        };
+        let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+        Ok(Server { listener, tls, app })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serve until `shutdown` resolves, then stop accepting and give in-flight requests `grace` to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>, grace: Duration) {
+        let Server { listener, tls, app } = self;
+        let graceful = GracefulShutdown::new();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEADER_BYTES);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .max_concurrent_streams(256);
+        let builder = Arc::new(builder);
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let app = app.clone();
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let app = app.clone();
+                    async move { Ok::<_, std::convert::Infallible>(app.handle(req, peer).await) }
+                });
+                match tls {
+                    None => {
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        let _ = watcher.watch(conn.into_owned()).await;
+                    }
+                    Some(acceptor) => {
+                        let tls_stream =
+                            match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => return,
+                            };
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                        let _ = watcher.watch(conn.into_owned()).await;
+                    }
+                }
+            });
+        }
+        drop(listener);
+        tracing::info!(grace_secs = grace.as_secs(), "shutting down: finishing in-flight requests");
+        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!("server.shutdown_timeout passed with requests still running; closing them");
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
