@@ -6,6 +6,7 @@
 pub mod browser;
 pub mod echo;
 pub mod fake_headscale;
+pub mod headgate;
 pub mod idp;
 pub mod process;
 pub mod rogue;
