@@ -176,7 +176,12 @@ async fn check_store(path: &Path) -> CheckLine {
     if !path.exists() {
         return CheckLine::pass(NAME, format!("{} will be created at first start", path.display()));
     }
-    match Store::open_redb(path, 16 * 1024 * 1024).await {
+    let p = path.to_path_buf();
+    let opened = tokio::task::spawn_blocking(move || Store::open_redb(&p, 16 * 1024 * 1024)).await;
+    let Ok(opened) = opened else {
+        return CheckLine::fail(NAME, "opening the store panicked", "report this as a bug");
+    };
+    match opened {
         Ok(store) => {
             drop(store);
             CheckLine::pass(NAME, format!("{} opens", path.display()))

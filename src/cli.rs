@@ -107,11 +107,10 @@ fn serve(flag: Option<&Path>, env: &HashMap<String, String>) -> Result<ExitCode,
         tracing::warn!("{w}");
     }
     prepare_data_dir(&config.server.data_path)?;
+    let store = Store::open_redb(&config.store_path(), crate::store::DEFAULT_CACHE_BYTES)
+        .map_err(|e| Failure::runtime(e.to_string()))?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let store = Store::open_redb(&config.store_path(), crate::store::DEFAULT_CACHE_BYTES)
-            .await
-            .map_err(|e| Failure::runtime(e.to_string()))?;
         let grace = Duration::from_secs(config.server.shutdown_timeout);
         let app = Arc::new(App::new(Arc::new(config), store, HttpClient::new()));
         let server = Server::bind(app.clone()).await.map_err(|e| Failure::runtime(e.to_string()))?;

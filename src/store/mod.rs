@@ -1,13 +1,296 @@
-//! TEMPORARY stand-in until the store branch lands (same signatures).
-use std::path::Path;
+//! headgate's storage: one async interface that speaks the domain, backed by an embedded redb file (the
+//! default, single node) and, later, PostgreSQL (several replicas). Nothing outside this module knows which
+//! backend is in use, and no database or transaction type leaves it. Rules that must hold however many
+//! replicas run — one owner, one-to-one links, (later) rate limits and replay caches — are decided here,
+//! inside one transaction, never in process memory.
+//!
+//! Time: every timestamp is unix seconds passed in by the caller; the store never reads the clock, so tests
+//! control time.
+//!
+//! Adding a backend: add a variant to `Backend` and an arm to each `Store` method (the `dispatch!` macro).
+//! Adding a table (signing keys, rate-limit counters, replay caches): a record type in `records.rs`, a table
+//! and its operations in `redb.rs` (see the note at its table list), a `Store` method here, and a schema
+//! version bump with a migration step that creates it.
+
+mod records;
+mod redb;
+
+pub use records::{
+    AuditEvent, Link, LinkOutcome, LinkState, NewAuditEvent, NewUser, OwnerBootstrap,
+    OwnerIdentity, Role, SessionKey, SessionRecord, SessionSubject, User, UserId,
+};
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The schema version this binary writes and understands. A file with a newer version is refused; an older
+/// one is migrated at open.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// redb's page cache, set explicitly: its default can grow well past headgate's memory budget.
 pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
-#[derive(Clone)]
-pub struct Store;
+
+/// Why a store operation failed. Every message names the file (where there is one) and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("another headgate process is using {path}")]
-    Locked { path: String },
+    /// Another process (or another open in this process) holds the file.
+    #[error(
+        "another headgate process is using {}: stop it, or give this one its own server.data_path",
+        path.display()
+    )]
+    Locked { path: PathBuf },
+    /// The file was written by a newer headgate.
+    #[error(
+        "{} was written by a newer headgate (schema {found}, this binary understands {supported}): upgrade \
+         headgate or restore a backup",
+        path.display()
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: u64,
+        supported: u64,
+    },
+    /// The file is not a headgate store, or a record in it does not decode. The file is left as it is.
+    #[error(
+        "{} is not a readable headgate store ({detail}); the file was left unchanged: restore a backup, or move \
+         it away to start with an empty store",
+        path.display()
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    /// Reading or writing the file failed.
+    #[error(
+        "cannot use the store {}: {source}; check that its directory exists, has space, and headgate may read \
+         and write it",
+        path.display()
+    )]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The change would break a rule (a second owner, a taken subject, …); nothing was written.
+    #[error("{0}")]
+    Conflict(String),
+    /// The record the operation is about does not exist; nothing was written.
+    #[error("{0} not found")]
+    NotFound(String),
 }
+
+/// The store: cheap to clone (an `Arc` inside); every clone is the same store.
+///
+/// Its methods must run inside a tokio runtime: writes (and table scans) run on tokio's blocking pool, so a
+/// slow fsync never stalls an async worker; point reads run inline (see `redb.rs`). Every write is one
+/// transaction, durable when the call returns; a write whose caller stops waiting still completes or
+/// aborts as a whole.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<Backend>,
+}
+
+enum Backend {
+    Redb(redb::RedbStore),
+    // Postgres(postgres::PgStore), later.
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("location", &self.location())
+            .finish()
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match &*$self.backend {
+            Backend::Redb(b) => b.$method($($arg),*).await,
+        }
+    };
+}
+
 impl Store {
-    pub async fn open_redb(_p: &Path, _c: usize) -> Result<Store, StoreError> { Ok(Store) }
+    /// Open (or create, mode 0600) the redb store at `path`, with `cache_size_bytes` of page cache.
+    ///
+    /// Fails at once with [`StoreError::Locked`] when another process or another `Store` in this process has
+    /// the file open; with [`StoreError::NewerSchema`] for a file of a newer headgate; with
+    /// [`StoreError::Corrupt`] for a file that is not a headgate store (left byte-identical). An empty or new
+    /// file gets the current schema; an older schema is migrated.
+    ///
+    /// This blocks (it may have to recover the file after a crash): call it before serving, or from
+    /// `spawn_blocking`.
+    pub fn open_redb(path: &Path, cache_size_bytes: usize) -> Result<Store, StoreError> {
+        let b = redb::RedbStore::open(path, cache_size_bytes)?;
+        Ok(Store {
+            backend: Arc::new(Backend::Redb(b)),
+        })
+    }
+
+    /// Where the data lives, for logs (`redb file /var/lib/headgate/headgate.redb`).
+    pub fn location(&self) -> String {
+        match &*self.backend {
+            Backend::Redb(b) => format!("redb file {}", b.path().display()),
+        }
+    }
+
+    /// The schema version stored in the file.
+    pub async fn schema_version(&self) -> Result<u64, StoreError> {
+        dispatch!(self.schema_version())
+    }
+
+    // ----- users -----
+
+    /// Create a user; `bootstrap` decides (atomically with the "bootstrapped" marker) whether they become
+    /// owner (S2). A taken subject or `new.role == Owner` → [`StoreError::Conflict`].
+    pub async fn create_user(
+        &self,
+        new: NewUser,
+        bootstrap: OwnerBootstrap,
+    ) -> Result<User, StoreError> {
+        dispatch!(self.create_user(new, bootstrap))
+    }
+
+    pub async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        dispatch!(self.user(id))
+    }
+
+    pub async fn user_by_subject(&self, subject: &str) -> Result<Option<User>, StoreError> {
+        dispatch!(self.user_by_subject(subject))
+    }
+
+    /// Every user, by id.
+    pub async fn users(&self) -> Result<Vec<User>, StoreError> {
+        dispatch!(self.users())
+    }
+
+    /// Write `user` (found by its id). The subject cannot change, and `headscale_user_id` is kept as stored
+    /// (links decide it). Ownership: making a user owner while another user is owner, or taking the owner
+    /// role away (use [`Store::transfer_ownership`]), is a [`StoreError::Conflict`]; making a user owner
+    /// while nobody is (the owner was deleted) is allowed and sets the bootstrapped marker.
+    pub async fn update_user(&self, user: &User) -> Result<(), StoreError> {
+        dispatch!(self.update_user(user.clone()))
+    }
+
+    /// Delete a user with their sessions and link. The bootstrapped marker stays: deleting the owner never
+    /// lets the next sign-in become owner.
+    pub async fn delete_user(&self, id: UserId) -> Result<(), StoreError> {
+        dispatch!(self.delete_user(id))
+    }
+
+    /// Make `to` the owner and `from` (who must be the owner) an admin, in one transaction.
+    pub async fn transfer_ownership(&self, from: UserId, to: UserId) -> Result<(), StoreError> {
+        dispatch!(self.transfer_ownership(from, to))
+    }
+
+    /// Whether an owner was ever made (the persisted marker of S2).
+    pub async fn is_bootstrapped(&self) -> Result<bool, StoreError> {
+        dispatch!(self.is_bootstrapped())
+    }
+
+    // ----- links -----
+
+    /// Store `link` unless its Headscale user or its headgate user is already linked (decided in one
+    /// transaction). An approved link also sets the user's `headscale_user_id`. Unknown user → NotFound.
+    pub async fn link_if_unclaimed(&self, link: Link) -> Result<LinkOutcome, StoreError> {
+        dispatch!(self.link_if_unclaimed(link))
+    }
+
+    pub async fn link_of_user(&self, user_id: UserId) -> Result<Option<Link>, StoreError> {
+        dispatch!(self.link_of_user(user_id))
+    }
+
+    pub async fn link_of_headscale_user(
+        &self,
+        headscale_user_id: &str,
+    ) -> Result<Option<Link>, StoreError> {
+        dispatch!(self.link_of_headscale_user(headscale_user_id))
+    }
+
+    /// Approve the user's pending link (idempotent) and set their `headscale_user_id`; no link → NotFound.
+    pub async fn approve_link(&self, user_id: UserId) -> Result<Link, StoreError> {
+        dispatch!(self.approve_link(user_id))
+    }
+
+    /// Remove the user's link (and clear their `headscale_user_id`); returns the removed link, if any.
+    pub async fn remove_link(&self, user_id: UserId) -> Result<Option<Link>, StoreError> {
+        dispatch!(self.remove_link(user_id))
+    }
+
+    /// Every link, by Headscale user id.
+    pub async fn links(&self) -> Result<Vec<Link>, StoreError> {
+        dispatch!(self.links())
+    }
+
+    // ----- sessions -----
+
+    /// Store a new session. A taken key → Conflict; a user session for an unknown user → NotFound.
+    pub async fn create_session(
+        &self,
+        key: SessionKey,
+        record: SessionRecord,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.create_session(key, record))
+    }
+
+    /// The session, if stored (expired or not: the caller compares `expires` with its clock). Only reads.
+    pub async fn session(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StoreError> {
+        dispatch!(self.session(*key))
+    }
+
+    /// Delete a session; returns whether it existed.
+    pub async fn delete_session(&self, key: &SessionKey) -> Result<bool, StoreError> {
+        dispatch!(self.delete_session(*key))
+    }
+
+    /// Delete every session of a user; returns how many.
+    pub async fn delete_sessions_of_user(&self, user_id: UserId) -> Result<u64, StoreError> {
+        dispatch!(self.delete_sessions_of_user(user_id))
+    }
+
+    pub async fn sessions_of_user(
+        &self,
+        user_id: UserId,
+    ) -> Result<Vec<(SessionKey, SessionRecord)>, StoreError> {
+        dispatch!(self.sessions_of_user(user_id))
+    }
+
+    /// Every session (user and API-key), by key.
+    pub async fn sessions(&self) -> Result<Vec<(SessionKey, SessionRecord)>, StoreError> {
+        dispatch!(self.sessions())
+    }
+
+    /// Write a batch of last-seen times in one transaction. Missing keys are skipped; a time older than the
+    /// stored one is ignored.
+    pub async fn touch_sessions(&self, batch: Vec<(SessionKey, i64)>) -> Result<(), StoreError> {
+        dispatch!(self.touch_sessions(batch))
+    }
+
+    /// Replace a stored session (a refresh, a new expiry); missing → NotFound.
+    pub async fn update_session(
+        &self,
+        key: &SessionKey,
+        record: SessionRecord,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.update_session(*key, record))
+    }
+
+    /// Delete every session with `expires <= now`; returns how many.
+    pub async fn prune_expired(&self, now: i64) -> Result<u64, StoreError> {
+        dispatch!(self.prune_expired(now))
+    }
+
+    // ----- audit -----
+
+    /// Append events in one transaction; ids are assigned in order.
+    pub async fn append_audit(&self, events: Vec<NewAuditEvent>) -> Result<(), StoreError> {
+        dispatch!(self.append_audit(events))
+    }
+
+    /// Up to `limit` events, newest first, with ids below `before_id` when given (paging).
+    pub async fn audit(
+        &self,
+        limit: usize,
+        before_id: Option<u64>,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        dispatch!(self.audit(limit, before_id))
+    }
 }

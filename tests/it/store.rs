@@ -1,1 +1,1089 @@
+//! The store through its public interface: every table's round trip, the owner and link rules, hashed
+//! session keys, locking, refusing files it must not touch, and surviving `kill -9` mid-write.
 
+use crate::harness;
+use crate::harness::process::ChildProcess;
+use headgate::store::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const CACHE: usize = 4 << 20;
+
+fn open(path: &Path) -> Store {
+    Store::open_redb(path, CACHE).unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
+fn db_path(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("headgate.redb")
+}
+
+fn new_user(subject: &str) -> NewUser {
+    NewUser {
+        subject: subject.into(),
+        email: Some(format!("{subject}@example.com")),
+        email_verified: true,
+        name: Some(format!("Name of {subject}")),
+        picture: None,
+        role: Role::Member,
+        onboarded: false,
+        created: 1_000,
+    }
+}
+
+fn user_session(user: UserId, expires: i64) -> SessionRecord {
+    SessionRecord {
+        subject: SessionSubject::User(user),
+        created: 100,
+        expires,
+        last_seen: 100,
+        idp_sid: Some("sid-1".into()),
+        id_token: Some("eyJ.id.token".into()),
+        refresh_token_enc: Some(vec![1, 2, 3, 0xff]),
+        refreshed: 100,
+    }
+}
+
+fn api_key_session(expires: i64) -> SessionRecord {
+    SessionRecord {
+        subject: SessionSubject::ApiKey {
+            prefix: "hskey-abc".into(),
+            key_hash: [0x5a; 32],
+        },
+        created: 100,
+        expires,
+        last_seen: 100,
+        idp_sid: None,
+        id_token: None,
+        refresh_token_enc: None,
+        refreshed: 0,
+    }
+}
+
+fn link(hs: &str, user: UserId, state: LinkState) -> Link {
+    Link {
+        headscale_user_id: hs.into(),
+        user_id: user,
+        headscale_created_at: "2024-01-02T03:04:05Z".into(),
+        provider_id: format!("https://idp.example/{hs}"),
+        state,
+        created: 500,
+    }
+}
+
+fn event(at: i64, action: &str) -> NewAuditEvent {
+    NewAuditEvent {
+        at,
+        actor: "user 1".into(),
+        action: action.into(),
+        target: "user 2".into(),
+        detail: "{}".into(),
+    }
+}
+
+/// This test's full name as libtest knows it inside the `it` binary (for re-executing one child test).
+fn test_name(f: &str) -> String {
+    let module = module_path!()
+        .split_once("::")
+        .map(|(_, m)| m)
+        .unwrap_or(module_path!());
+    format!("{module}::{f}")
+}
+
+fn child_test(name: &str, env: &str, db: &Path) -> ChildProcess {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", &test_name(name), "--nocapture", "--ignored"])
+        .env(env, db);
+    ChildProcess::spawn(name, cmd)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+// ----- users -----
+
+#[tokio::test]
+async fn users_round_trip_with_the_subject_index() {
+    let dir = harness::tempdir();
+    let path = db_path(&dir);
+    let s = open(&path);
+    let a = s
+        .create_user(new_user("alice"), OwnerBootstrap::Never)
+        .await
+        .unwrap();
+    let b = s
+        .create_user(
+            NewUser {
+                role: Role::Viewer,
+                ..new_user("bob")
+            },
+            OwnerBootstrap::Never,
+        )
+        .await
+        .unwrap();
+    assert_ne!(a.id, b.id);
+    assert_eq!(a.role, Role::Member);
+    assert_eq!(b.role, Role::Viewer);
+    assert_eq!(
+        (a.created, a.last_login, a.headscale_user_id.clone()),
+        (1_000, 1_000, None)
+    );
+    assert_eq!(a.email.as_deref(), Some("alice@example.com"));
+    assert!(!s.is_bootstrapped().await.unwrap());
+
+    assert_eq!(s.user(a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(s.user_by_subject("bob").await.unwrap(), Some(b.clone()));
+    assert_eq!(s.user_by_subject("nobody").await.unwrap(), None);
+    assert_eq!(s.user(UserId(999)).await.unwrap(), None);
+    assert_eq!(s.users().await.unwrap(), vec![a.clone(), b.clone()]);
+
+    // A taken subject, or a new user with the owner role, is refused.
+    let e = s
+        .create_user(new_user("alice"), OwnerBootstrap::Never)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    let e = s
+        .create_user(
+            NewUser {
+                role: Role::Owner,
+                ..new_user("carol")
+            },
+            OwnerBootstrap::FirstUser,
+        )
+        .await;
+    assert!(matches!(e, Err(StoreError::Conflict(_))), "{e:?}");
+    assert_eq!(s.user_by_subject("carol").await.unwrap(), None);
+    assert!(
+        !s.is_bootstrapped().await.unwrap(),
+        "a refused create must not set the marker"
+    );
+
+    // Update: fields change, the subject cannot, headscale_user_id is the links' business.
+    let mut a2 = a.clone();
+    a2.name = Some("Alice A.".into());
+    a2.role = Role::NetworkAdmin;
+    a2.onboarded = true;
+    a2.last_login = 2_000;
+    a2.headscale_user_id = Some("hs-forged".into());
+    s.update_user(&a2).await.unwrap();
+    let stored = s.user(a.id).await.unwrap().unwrap();
+    assert_eq!(
+        stored,
+        User {
+            headscale_user_id: None,
+            ..a2.clone()
+        }
+    );
+    let e = s
+        .update_user(&User {
+            subject: "mallory".into(),
+            ..a2.clone()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    let e = s
+        .update_user(&User {
+            id: UserId(999),
+            ..a2.clone()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+
+    // Delete takes sessions, link and subject index along; ids are never reused.
+    s.create_session(SessionKey::from_raw_id(b"a-1"), user_session(a.id, 10_000))
+        .await
+        .unwrap();
+    s.create_session(SessionKey::from_raw_id(b"b-1"), user_session(b.id, 10_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.link_if_unclaimed(link("hs-a", a.id, LinkState::Approved))
+            .await
+            .unwrap(),
+        LinkOutcome::Linked
+    );
+    s.delete_user(a.id).await.unwrap();
+    assert_eq!(s.user(a.id).await.unwrap(), None);
+    assert_eq!(s.user_by_subject("alice").await.unwrap(), None);
+    assert_eq!(s.link_of_user(a.id).await.unwrap(), None);
+    assert_eq!(s.link_of_headscale_user("hs-a").await.unwrap(), None);
+    assert_eq!(
+        s.session(&SessionKey::from_raw_id(b"a-1")).await.unwrap(),
+        None
+    );
+    assert!(
+        s.session(&SessionKey::from_raw_id(b"b-1"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(matches!(
+        s.delete_user(a.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let a3 = s
+        .create_user(new_user("alice"), OwnerBootstrap::Never)
+        .await
+        .unwrap();
+    assert!(a3.id > b.id, "ids are not reused: {a3:?}");
+
+    // Everything survives a reopen.
+    drop(s);
+    let s = open(&path);
+    assert_eq!(s.users().await.unwrap(), vec![b.clone(), a3.clone()]);
+    assert_eq!(s.user_by_subject("alice").await.unwrap(), Some(a3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_sign_ins_make_exactly_one_owner() {
+    let dir = harness::tempdir();
+    let s = open(&db_path(&dir));
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.create_user(new_user(&format!("u{i}")), OwnerBootstrap::FirstUser)
+                    .await
+            })
+        })
+        .collect();
+    let mut owners = 0;
+    for t in tasks {
+        let u = t.await.unwrap().unwrap();
+        owners += usize::from(u.role == Role::Owner);
+    }
+    assert_eq!(owners, 1, "returned users");
+    let users = s.users().await.unwrap();
+    assert_eq!(users.len(), 20);
+    assert_eq!(
+        users.iter().filter(|u| u.role == Role::Owner).count(),
+        1,
+        "{users:#?}"
+    );
+    assert!(
+        users
+            .iter()
+            .all(|u| u.role == Role::Owner || u.role == Role::Member)
+    );
+    assert!(s.is_bootstrapped().await.unwrap());
+}
+
+#[tokio::test]
+async fn only_the_configured_identity_becomes_owner() {
+    let dir = harness::tempdir();
+    let s = open(&db_path(&dir));
+    let rule = || OwnerBootstrap::Only(OwnerIdentity::Email("Boss@Example.com".into()));
+    let first = s.create_user(new_user("first"), rule()).await.unwrap();
+    assert_eq!(
+        first.role,
+        Role::Member,
+        "the first sign-in is not the configured owner"
+    );
+    assert!(!s.is_bootstrapped().await.unwrap());
+    let unverified = NewUser {
+        email: Some("boss@example.com".into()),
+        email_verified: false,
+        ..new_user("u1")
+    };
+    assert_eq!(
+        s.create_user(unverified, rule()).await.unwrap().role,
+        Role::Member,
+        "unverified email"
+    );
+    let boss = NewUser {
+        email: Some("boss@example.COM".into()),
+        ..new_user("boss")
+    };
+    assert_eq!(s.create_user(boss, rule()).await.unwrap().role, Role::Owner);
+    assert!(s.is_bootstrapped().await.unwrap());
+    let again = NewUser {
+        email: Some("boss@example.com".into()),
+        ..new_user("boss-2")
+    };
+    assert_eq!(
+        s.create_user(again, rule()).await.unwrap().role,
+        Role::Member,
+        "only one owner"
+    );
+
+    let dir = harness::tempdir();
+    let s = open(&db_path(&dir));
+    let rule = || OwnerBootstrap::Only(OwnerIdentity::Subject("sub-owner".into()));
+    assert_eq!(
+        s.create_user(new_user("x"), rule()).await.unwrap().role,
+        Role::Member
+    );
+    assert_eq!(
+        s.create_user(new_user("sub-owner"), rule())
+            .await
+            .unwrap()
+            .role,
+        Role::Owner
+    );
+
+    let dir = harness::tempdir();
+    let s = open(&db_path(&dir));
+    assert_eq!(
+        s.create_user(new_user("x"), OwnerBootstrap::Never)
+            .await
+            .unwrap()
+            .role,
+        Role::Member
+    );
+    assert!(!s.is_bootstrapped().await.unwrap());
+}
+
+#[tokio::test]
+async fn the_bootstrapped_marker_survives_deleting_the_owner() {
+    let dir = harness::tempdir();
+    let path = db_path(&dir);
+    let s = open(&path);
+    let owner = s
+        .create_user(new_user("owner"), OwnerBootstrap::FirstUser)
+        .await
+        .unwrap();
+    assert_eq!(owner.role, Role::Owner);
+    s.delete_user(owner.id).await.unwrap();
+    assert!(s.is_bootstrapped().await.unwrap());
+    let next = s
+        .create_user(new_user("next"), OwnerBootstrap::FirstUser)
+        .await
+        .unwrap();
+    assert_eq!(next.role, Role::Member);
+    drop(s);
+    let s = open(&path);
+    assert!(
+        s.is_bootstrapped().await.unwrap(),
+        "the marker is persisted"
+    );
+    let rule = OwnerBootstrap::Only(OwnerIdentity::Subject("owner".into()));
+    let back = s.create_user(new_user("owner"), rule).await.unwrap();
+    assert_eq!(
+        back.role,
+        Role::Member,
+        "not even the configured identity, once bootstrapped"
+    );
+    assert!(
+        s.users()
+            .await
+            .unwrap()
+            .iter()
+            .all(|u| u.role != Role::Owner)
+    );
+}
+
+#[tokio::test]
+async fn there_is_never_a_second_owner() {
+    let dir = harness::tempdir();
+    let s = open(&db_path(&dir));
+    let owner = s
+        .create_user(new_user("owner"), OwnerBootstrap::FirstUser)
+        .await
+        .unwrap();
+    let admin = s
+        .create_user(
+            NewUser {
+                role: Role::Admin,
+                ..new_user("admin")
+            },
+            OwnerBootstrap::FirstUser,
+        )
+        .await;
+    let admin = admin.unwrap();
+    assert_eq!(admin.role, Role::Admin);
+
+    let e = s
+        .update_user(&User {
+            role: Role::Owner,
+            ..admin.clone()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    assert_eq!(s.user(admin.id).await.unwrap().unwrap().role, Role::Admin);
+    // Nor can the owner be demoted in place (that leaves no owner): transfer instead.
+    let e = s
+        .update_user(&User {
+            role: Role::Admin,
+            ..owner.clone()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    // The owner may update other fields.
+    s.update_user(&User {
+        name: Some("The Owner".into()),
+        ..owner.clone()
+    })
+    .await
+    .unwrap();
+
+    // With the owner gone, someone may be made owner explicitly (an admin's recovery), once.
+    s.delete_user(owner.id).await.unwrap();
+    s.update_user(&User {
+        role: Role::Owner,
+        ..admin.clone()
+    })
+    .await
+    .unwrap();
+    let third = s
+        .create_user(new_user("third"), OwnerBootstrap::Never)
+        .await
+        .unwrap();
+    let e = s
+        .update_user(&User {
+            role: Role::Owner,
+            ..third
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    let owners: Vec<_> = s
+        .users()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|u| u.role == Role::Owner)
+        .collect();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0].id, admin.id);
+}
+
+#[tokio::test]
+async fn ownership_is_transferred_atomically() {
+    let dir = harness::tempdir();
+    let s = open(&db_path(&dir));
+    let owner = s
+        .create_user(new_user("owner"), OwnerBootstrap::FirstUser)
+        .await
+        .unwrap();
+    let heir = s
+        .create_user(new_user("heir"), OwnerBootstrap::FirstUser)
+        .await
+        .unwrap();
+    let other = s
+        .create_user(new_user("other"), OwnerBootstrap::FirstUser)
+        .await
+        .unwrap();
+
+    let e = s.transfer_ownership(heir.id, other.id).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::Conflict(_)),
+        "only the owner can hand over: {e:?}"
+    );
+    let e = s
+        .transfer_ownership(owner.id, UserId(999))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    let e = s.transfer_ownership(owner.id, owner.id).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    assert_eq!(
+        s.user(owner.id).await.unwrap().unwrap().role,
+        Role::Owner,
+        "failed transfers change nothing"
+    );
+
+    s.transfer_ownership(owner.id, heir.id).await.unwrap();
+    assert_eq!(s.user(owner.id).await.unwrap().unwrap().role, Role::Admin);
+    assert_eq!(s.user(heir.id).await.unwrap().unwrap().role, Role::Owner);
+    assert_eq!(
+        s.users()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|u| u.role == Role::Owner)
+            .count(),
+        1
+    );
+    let e = s.transfer_ownership(owner.id, other.id).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::Conflict(_)),
+        "the old owner no longer is: {e:?}"
+    );
+}
+
+// ----- links -----
+
+#[tokio::test]
+async fn links_are_one_to_one_both_ways() {
+    let dir = harness::tempdir();
+    let path = db_path(&dir);
+    let s = open(&path);
+    let a = s
+        .create_user(new_user("a"), OwnerBootstrap::Never)
+        .await
+        .unwrap();
+    let b = s
+        .create_user(new_user("b"), OwnerBootstrap::Never)
+        .await
+        .unwrap();
+
+    // A pending link is stored but grants nothing yet.
+    let la = link("hs-1", a.id, LinkState::Pending);
+    assert_eq!(
+        s.link_if_unclaimed(la.clone()).await.unwrap(),
+        LinkOutcome::Linked
+    );
+    assert_eq!(s.link_of_user(a.id).await.unwrap(), Some(la.clone()));
+    assert_eq!(
+        s.link_of_headscale_user("hs-1").await.unwrap(),
+        Some(la.clone())
+    );
+    assert_eq!(s.user(a.id).await.unwrap().unwrap().headscale_user_id, None);
+
+    // The Headscale user is taken; the headgate user is taken.
+    assert_eq!(
+        s.link_if_unclaimed(link("hs-1", b.id, LinkState::Approved))
+            .await
+            .unwrap(),
+        LinkOutcome::AlreadyLinkedToOther(a.id)
+    );
+    assert_eq!(
+        s.link_if_unclaimed(link("hs-2", a.id, LinkState::Approved))
+            .await
+            .unwrap(),
+        LinkOutcome::UserAlreadyLinked
+    );
+    assert_eq!(
+        s.link_if_unclaimed(link("hs-1", a.id, LinkState::Approved))
+            .await
+            .unwrap(),
+        LinkOutcome::UserAlreadyLinked
+    );
+    assert_eq!(s.link_of_headscale_user("hs-2").await.unwrap(), None);
+    assert_eq!(s.link_of_user(b.id).await.unwrap(), None);
+    assert_eq!(
+        s.link_of_user(a.id).await.unwrap().unwrap().state,
+        LinkState::Pending,
+        "unchanged"
+    );
+    let e = s
+        .link_if_unclaimed(link("hs-9", UserId(999), LinkState::Approved))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+
+    // Approval grants it.
+    let approved = s.approve_link(a.id).await.unwrap();
+    assert_eq!(
+        approved,
+        Link {
+            state: LinkState::Approved,
+            ..la.clone()
+        }
+    );
+    assert_eq!(
+        s.user(a.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .headscale_user_id
+            .as_deref(),
+        Some("hs-1")
+    );
+    assert!(matches!(
+        s.approve_link(b.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // An approved link applies at once.
+    let lb = link("hs-2", b.id, LinkState::Approved);
+    assert_eq!(
+        s.link_if_unclaimed(lb.clone()).await.unwrap(),
+        LinkOutcome::Linked
+    );
+    assert_eq!(
+        s.user(b.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .headscale_user_id
+            .as_deref(),
+        Some("hs-2")
+    );
+    assert_eq!(s.links().await.unwrap(), vec![approved.clone(), lb.clone()]);
+
+    // update_user cannot move a link around.
+    let bu = s.user(b.id).await.unwrap().unwrap();
+    s.update_user(&User {
+        headscale_user_id: Some("hs-1".into()),
+        ..bu
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.user(b.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .headscale_user_id
+            .as_deref(),
+        Some("hs-2")
+    );
+
+    // Removing frees both sides.
+    assert_eq!(s.remove_link(a.id).await.unwrap(), Some(approved));
+    assert_eq!(s.remove_link(a.id).await.unwrap(), None);
+    assert_eq!(s.user(a.id).await.unwrap().unwrap().headscale_user_id, None);
+    assert_eq!(s.link_of_headscale_user("hs-1").await.unwrap(), None);
+    assert_eq!(
+        s.link_if_unclaimed(link("hs-1", a.id, LinkState::Approved))
+            .await
+            .unwrap(),
+        LinkOutcome::Linked
+    );
+
+    drop(s);
+    let s = open(&path);
+    assert_eq!(s.links().await.unwrap().len(), 2);
+    assert_eq!(s.link_of_user(b.id).await.unwrap(), Some(lb));
+}
+
+// ----- sessions -----
+
+#[tokio::test]
+async fn sessions_round_trip_under_hashed_keys() {
+    let dir = harness::tempdir();
+    let path = db_path(&dir);
+    let s = open(&path);
+    let a = s
+        .create_user(new_user("a"), OwnerBootstrap::Never)
+        .await
+        .unwrap();
+    let b = s
+        .create_user(new_user("b"), OwnerBootstrap::Never)
+        .await
+        .unwrap();
+
+    let raw: &[u8] = b"RAW-SESSION-ID-3f9c1e7a-must-never-be-stored";
+    let key = SessionKey::from_raw_id(raw);
+    let rec = SessionRecord {
+        idp_sid: Some("sid-marker-7781".into()),
+        ..user_session(a.id, 10_000)
+    };
+    s.create_session(key, rec.clone()).await.unwrap();
+    assert_eq!(s.session(&key).await.unwrap(), Some(rec.clone()));
+    assert_eq!(
+        s.session(&SessionKey::from_raw_id(b"other")).await.unwrap(),
+        None
+    );
+    let e = s.create_session(key, rec.clone()).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    let e = s
+        .create_session(SessionKey::from_raw_id(b"x"), user_session(UserId(999), 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+
+    let a2 = SessionKey::from_raw_id(b"a-2");
+    let b1 = SessionKey::from_raw_id(b"b-1");
+    let k1 = SessionKey::from_raw_id(b"apikey-1");
+    s.create_session(a2, user_session(a.id, 20_000))
+        .await
+        .unwrap();
+    s.create_session(b1, user_session(b.id, 30_000))
+        .await
+        .unwrap();
+    s.create_session(k1, api_key_session(40_000)).await.unwrap();
+
+    let mut of_a = s.sessions_of_user(a.id).await.unwrap();
+    of_a.sort_by_key(|(k, _)| *k);
+    let mut want = vec![(key, rec.clone()), (a2, user_session(a.id, 20_000))];
+    want.sort_by_key(|(k, _)| *k);
+    assert_eq!(of_a, want);
+    assert_eq!(s.sessions().await.unwrap().len(), 4);
+    assert!(
+        s.sessions()
+            .await
+            .unwrap()
+            .contains(&(k1, api_key_session(40_000)))
+    );
+
+    // The raw id is not in the file; its hash and the record are.
+    drop(s);
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(
+        contains(&bytes, b"sid-marker-7781"),
+        "records are findable in the file bytes"
+    );
+    assert!(
+        contains(&bytes, key.as_bytes()),
+        "the hashed key is the key"
+    );
+    assert!(!contains(&bytes, raw), "the raw session id is in the file");
+    assert!(
+        !contains(&bytes, b"RAW-SESSION-ID"),
+        "part of the raw session id is in the file"
+    );
+    let s = open(&path);
+    assert_eq!(
+        s.session(&key).await.unwrap(),
+        Some(rec.clone()),
+        "sessions survive a reopen"
+    );
+
+    // touch: one batch, missing keys skipped, never backwards.
+    let missing = SessionKey::from_raw_id(b"missing");
+    s.touch_sessions(vec![(key, 500), (a2, 50), (missing, 900), (k1, 600)])
+        .await
+        .unwrap();
+    assert_eq!(s.session(&key).await.unwrap().unwrap().last_seen, 500);
+    assert_eq!(
+        s.session(&a2).await.unwrap().unwrap().last_seen,
+        100,
+        "older time ignored"
+    );
+    assert_eq!(s.session(&k1).await.unwrap().unwrap().last_seen, 600);
+    assert_eq!(
+        s.session(&missing).await.unwrap(),
+        None,
+        "touch does not create"
+    );
+    s.touch_sessions(vec![]).await.unwrap();
+
+    // update: a refresh with a new expiry (the expiry index follows).
+    let refreshed = SessionRecord {
+        expires: 50_000,
+        refreshed: 700,
+        id_token: None,
+        ..rec.clone()
+    };
+    s.update_session(&key, refreshed.clone()).await.unwrap();
+    assert_eq!(s.session(&key).await.unwrap(), Some(refreshed.clone()));
+    let e = s
+        .update_session(&missing, refreshed.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+
+    // prune: expires <= now goes.
+    assert_eq!(s.prune_expired(19_999).await.unwrap(), 0);
+    assert_eq!(
+        s.prune_expired(20_000).await.unwrap(),
+        1,
+        "a2 expires at 20000"
+    );
+    assert_eq!(s.session(&a2).await.unwrap(), None);
+    assert_eq!(s.prune_expired(30_000).await.unwrap(), 1, "b1");
+    assert_eq!(s.prune_expired(30_000).await.unwrap(), 0);
+    assert!(
+        s.session(&key).await.unwrap().is_some(),
+        "its old expiry (10000) no longer counts"
+    );
+    assert!(s.session(&k1).await.unwrap().is_some());
+    assert_eq!(s.sessions_of_user(b.id).await.unwrap(), vec![]);
+
+    // delete one; delete all of a user.
+    s.create_session(b1, user_session(b.id, 30_000))
+        .await
+        .unwrap();
+    let b2 = SessionKey::from_raw_id(b"b-2");
+    s.create_session(b2, user_session(b.id, 30_000))
+        .await
+        .unwrap();
+    assert!(s.delete_session(&k1).await.unwrap());
+    assert!(!s.delete_session(&k1).await.unwrap());
+    assert_eq!(s.delete_sessions_of_user(b.id).await.unwrap(), 2);
+    assert_eq!(s.delete_sessions_of_user(b.id).await.unwrap(), 0);
+    assert_eq!(s.sessions().await.unwrap(), vec![(key, refreshed)]);
+    assert_eq!(s.prune_expired(i64::MAX).await.unwrap(), 1);
+    assert_eq!(s.sessions().await.unwrap(), vec![]);
+}
+
+// ----- audit -----
+
+#[tokio::test]
+async fn audit_is_newest_first_and_pages() {
+    let dir = harness::tempdir();
+    let path = db_path(&dir);
+    let s = open(&path);
+    assert_eq!(s.audit(10, None).await.unwrap(), vec![]);
+    s.append_audit((1..=3).map(|i| event(i, &format!("a{i}"))).collect())
+        .await
+        .unwrap();
+    s.append_audit(vec![]).await.unwrap();
+    s.append_audit((4..=7).map(|i| event(i, &format!("a{i}"))).collect())
+        .await
+        .unwrap();
+
+    let all = s.audit(100, None).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        ["a7", "a6", "a5", "a4", "a3", "a2", "a1"]
+    );
+    assert!(
+        all.windows(2).all(|w| w[0].id > w[1].id),
+        "ids increase with appends"
+    );
+    assert_eq!(
+        all[6],
+        AuditEvent {
+            id: all[6].id,
+            at: 1,
+            actor: "user 1".into(),
+            action: "a1".into(),
+            target: "user 2".into(),
+            detail: "{}".into()
+        }
+    );
+
+    let page1 = s.audit(3, None).await.unwrap();
+    assert_eq!(page1, all[..3]);
+    let page2 = s.audit(3, Some(page1[2].id)).await.unwrap();
+    assert_eq!(page2, all[3..6]);
+    let page3 = s.audit(3, Some(page2[2].id)).await.unwrap();
+    assert_eq!(page3, all[6..]);
+    assert_eq!(s.audit(3, Some(page3[0].id)).await.unwrap(), vec![]);
+    assert_eq!(s.audit(0, None).await.unwrap(), vec![]);
+
+    drop(s);
+    let s = open(&path);
+    s.append_audit(vec![event(8, "a8")]).await.unwrap();
+    let top = s.audit(1, None).await.unwrap();
+    assert_eq!(top[0].action, "a8");
+    assert!(top[0].id > all[0].id, "ids continue after a reopen");
+}
+
+// ----- files it must not touch -----
+
+#[test]
+fn a_second_open_of_the_same_file_is_refused_at_once() {
+    let dir = harness::tempdir();
+    let path = db_path(&dir);
+    let first = open(&path);
+    let t = Instant::now();
+    let e = Store::open_redb(&path, CACHE).unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        matches!(&e, StoreError::Locked { path: p } if p == &path),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains(&format!(
+            "another headgate process is using {}",
+            path.display()
+        )),
+        "{e}"
+    );
+    drop(first);
+    open(&path);
+}
+
+#[test]
+fn a_file_held_by_another_process_is_refused_at_once() {
+    let dir = harness::tempdir();
+    let path = db_path(&dir);
+    let mut child = child_test("lock_holder_child", "HEADGATE_TEST_STORE_LOCK_DB", &path);
+    child.wait_for_line(Duration::from_secs(60), |l| l == "OPEN");
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.clone();
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = Store::open_redb(&p, CACHE).map(|_| ());
+        let _ = tx.send((r, t.elapsed()));
+    });
+    let (r, took) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("opening a locked file hangs");
+    let e = r.unwrap_err();
+    assert!(matches!(&e, StoreError::Locked { .. }), "{e:?}");
+    assert!(
+        e.to_string().starts_with(&format!(
+            "another headgate process is using {}",
+            path.display()
+        )),
+        "{e}"
+    );
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+
+    child.kill();
+    open(&path);
+}
+
+#[ignore = "child process of a_file_held_by_another_process_is_refused_at_once; runs only when spawned by it"]
+#[test]
+fn lock_holder_child() {
+    let path = std::env::var_os("HEADGATE_TEST_STORE_LOCK_DB").expect(
+        "HEADGATE_TEST_STORE_LOCK_DB is not set: this test only runs as a child of another test",
+    );
+    let _s = open(Path::new(&path));
+    println!("OPEN");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn a_file_that_is_not_a_store_is_refused_and_left_alone() {
+    let dir = harness::tempdir();
+    for (name, content) in [
+        ("text.redb", b"hello, I am not a database\n".to_vec()),
+        (
+            "noise.redb",
+            (0..20_000u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect(),
+        ),
+        ("fake-magic.redb", {
+            let mut v = b"redb\x1a\x0a\xa9\x0d\x0a".to_vec();
+            v.resize(8192, 0x42);
+            v
+        }),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &content).unwrap();
+        let e = Store::open_redb(&path, CACHE).unwrap_err();
+        let StoreError::Corrupt { path: p, .. } = &e else {
+            panic!("{name}: {e:?}")
+        };
+        assert_eq!(p, &path);
+        assert!(
+            e.to_string().starts_with(&format!(
+                "{} is not a readable headgate store",
+                path.display()
+            )),
+            "{e}"
+        );
+        assert!(
+            std::fs::read(&path).unwrap() == content,
+            "{name} was modified"
+        );
+    }
+}
+
+// ----- kill -9 -----
+
+#[test]
+fn every_acknowledged_write_survives_kill_9() {
+    for round in 0..5 {
+        let dir = harness::tempdir();
+        let path = db_path(&dir);
+        let mut child = child_test("kill9_child_writer", "HEADGATE_TEST_STORE_KILL9_DB", &path);
+        child.wait_for_line(Duration::from_secs(60), |l| l.starts_with("ACK "));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        std::thread::sleep(Duration::from_millis(20 + u64::from(nanos % 400)));
+        child.kill();
+        std::thread::sleep(Duration::from_millis(200)); // let the reader threads drain the pipe
+        let acked: Vec<u64> = child
+            .output()
+            .lines()
+            .filter_map(|l| l.strip_prefix("ACK ")?.trim().parse().ok())
+            .collect();
+        assert!(!acked.is_empty());
+        assert!(
+            acked.windows(2).all(|w| w[1] == w[0] + 1),
+            "ACKs in order: {acked:?}"
+        );
+        let last = *acked.last().unwrap();
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let s = Store::open_redb(&path, CACHE)
+                .unwrap_or_else(|e| panic!("round {round}: reopening after kill -9: {e}"));
+            let user = s
+                .user_by_subject("writer")
+                .await
+                .unwrap()
+                .expect("the writer's user");
+            for i in 0..=last {
+                let got = s.session(&kill9_key(i)).await.unwrap();
+                let got = got.unwrap_or_else(|| {
+                    panic!("round {round}: acknowledged session {i} of {last} is lost")
+                });
+                let want = kill9_record(user.id, i);
+                assert_eq!(
+                    got,
+                    SessionRecord {
+                        last_seen: got.last_seen,
+                        ..want
+                    },
+                    "session {i}"
+                );
+                assert!(got.last_seen >= want.last_seen);
+            }
+            // Every record decodes, including any written after the last ACK.
+            let sessions = s.sessions().await.unwrap();
+            assert!(sessions.len() as u64 > last);
+            assert_eq!(
+                s.sessions_of_user(user.id).await.unwrap().len(),
+                sessions.len()
+            );
+            let audit = s.audit(usize::MAX, None).await.unwrap();
+            assert!(
+                audit.len() as u64 > last,
+                "round {round}: {} audit events for {last} ACKs",
+                audit.len()
+            );
+            for i in 0..=last {
+                assert!(
+                    audit.iter().any(|e| e.action == format!("write-{i}")),
+                    "audit event {i} lost"
+                );
+            }
+            assert_eq!(s.users().await.unwrap().len(), 1);
+            eprintln!(
+                "round {round}: {} acknowledged, {} sessions after kill -9",
+                last + 1,
+                sessions.len()
+            );
+        });
+    }
+}
+
+fn kill9_key(i: u64) -> SessionKey {
+    SessionKey::from_raw_id(format!("kill9-raw-{i}").as_bytes())
+}
+
+fn kill9_record(user: UserId, i: u64) -> SessionRecord {
+    let i = i as i64;
+    SessionRecord {
+        subject: SessionSubject::User(user),
+        created: i,
+        expires: 1_000_000 + i,
+        last_seen: i,
+        idp_sid: Some(format!("sid-{i}")),
+        id_token: Some("x".repeat(200 + (i as usize % 500))),
+        refresh_token_enc: Some(vec![i as u8; 64]),
+        refreshed: i,
+    }
+}
+
+#[ignore = "child process of the kill -9 test; runs only when spawned by it"]
+#[tokio::test]
+async fn kill9_child_writer() {
+    let path = std::env::var_os("HEADGATE_TEST_STORE_KILL9_DB")
+        .expect("HEADGATE_TEST_STORE_KILL9_DB is not set: this test only runs as a child of the kill -9 test");
+    let s = open(Path::new(&path));
+    let user = s
+        .create_user(new_user("writer"), OwnerBootstrap::FirstUser)
+        .await
+        .unwrap();
+    for i in 0u64.. {
+        s.create_session(kill9_key(i), kill9_record(user.id, i))
+            .await
+            .unwrap();
+        s.append_audit(vec![event(i as i64, &format!("write-{i}"))])
+            .await
+            .unwrap();
+        if i % 4 == 3 {
+            let batch = (i.saturating_sub(10)..=i)
+                .map(|j| (kill9_key(j), (i + 1) as i64))
+                .collect();
+            s.touch_sessions(batch).await.unwrap();
+        }
+        println!("ACK {i}");
+    }
+}
