@@ -30,7 +30,11 @@ pub struct App {
 
 impl App {
     pub fn new(config: Arc<Config>, store: Store, http: HttpClient) -> Self {
-        App { config, store, http }
+        App {
+            config,
+            store,
+            http,
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -85,5 +89,8 @@ fn healthz() -> Response<Body> {
 }
 
 fn not_found() -> Response<Body> {
-    json(StatusCode::NOT_FOUND, serde_json::json!({ "error": "not_found" }))
+    json(
+        StatusCode::NOT_FOUND,
+        serde_json::json!({ "error": "not_found" }),
+    )
 }

@@ -27,13 +27,28 @@ pub struct CheckLine {
 
 impl CheckLine {
     fn pass(name: &'static str, detail: impl Into<String>) -> Self {
-        CheckLine { status: Status::Pass, name, detail: detail.into(), fix: None }
+        CheckLine {
+            status: Status::Pass,
+            name,
+            detail: detail.into(),
+            fix: None,
+        }
     }
     fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
-        CheckLine { status: Status::Fail, name, detail: detail.into(), fix: Some(fix.into()) }
+        CheckLine {
+            status: Status::Fail,
+            name,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
     }
     fn warn(name: &'static str, detail: impl Into<String>) -> Self {
-        CheckLine { status: Status::Warn, name, detail: detail.into(), fix: None }
+        CheckLine {
+            status: Status::Warn,
+            name,
+            detail: detail.into(),
+            fix: None,
+        }
     }
 }
 
@@ -59,17 +74,32 @@ pub async fn run(config: &Config, http: &HttpClient) -> Vec<CheckLine> {
         out.push(CheckLine::warn("warning", w.clone()));
     }
     out.push(match &config.oidc {
-        None => CheckLine::warn("identity provider", "no [oidc] section: only API-key sign-in is available"),
+        None => CheckLine::warn(
+            "identity provider",
+            "no [oidc] section: only API-key sign-in is available",
+        ),
         Some(oidc) => match discovery::discover(http, oidc).await {
             Ok((e, meta)) => {
-                let source = if meta.is_some() { "discovery document" } else { "configured endpoints" };
+                let source = if meta.is_some() {
+                    "discovery document"
+                } else {
+                    "configured endpoints"
+                };
                 CheckLine::pass(
                     "identity provider",
                     format!(
                         "{} ({source}: authorization, token, jwks{}{})",
                         oidc.issuer,
-                        if e.userinfo.is_some() { ", userinfo" } else { "" },
-                        if e.end_session.is_some() { ", end_session" } else { "" },
+                        if e.userinfo.is_some() {
+                            ", userinfo"
+                        } else {
+                            ""
+                        },
+                        if e.end_session.is_some() {
+                            ", end_session"
+                        } else {
+                            ""
+                        },
                     ),
                 )
             }
@@ -100,8 +130,15 @@ pub async fn run(config: &Config, http: &HttpClient) -> Vec<CheckLine> {
     out.push(check_store(&config.store_path()).await);
     if let Some(tls) = &config.server.tls {
         out.push(match crate::server::tls::load(tls) {
-            Ok(_) => CheckLine::pass("tls", format!("certificate {} and key load", tls.cert_path.display())),
-            Err(e) => CheckLine::fail("tls", e.to_string(), "check server.tls_cert_path and server.tls_key_path"),
+            Ok(_) => CheckLine::pass(
+                "tls",
+                format!("certificate {} and key load", tls.cert_path.display()),
+            ),
+            Err(e) => CheckLine::fail(
+                "tls",
+                e.to_string(),
+                "check server.tls_cert_path and server.tls_key_path",
+            ),
         });
     }
     out
@@ -140,7 +177,10 @@ pub fn check_data_dir(path: &Path) -> CheckLine {
             if mode & 0o077 != 0 {
                 CheckLine::fail(
                     NAME,
-                    format!("{} is accessible by group or others (mode {mode:o})", path.display()),
+                    format!(
+                        "{} is accessible by group or others (mode {mode:o})",
+                        path.display()
+                    ),
                     format!("chmod 700 {}", path.display()),
                 )
             } else {
@@ -159,7 +199,13 @@ pub fn check_data_dir(path: &Path) -> CheckLine {
             match std::fs::create_dir_all(path) {
                 Ok(()) => {
                     let _ = std::fs::remove_dir_all(&first_missing);
-                    CheckLine::pass(NAME, format!("{} does not exist yet; serve will create it (mode 700)", path.display()))
+                    CheckLine::pass(
+                        NAME,
+                        format!(
+                            "{} does not exist yet; serve will create it (mode 700)",
+                            path.display()
+                        ),
+                    )
                 }
                 Err(e) => CheckLine::fail(
                     NAME,
@@ -174,7 +220,10 @@ pub fn check_data_dir(path: &Path) -> CheckLine {
 async fn check_store(path: &Path) -> CheckLine {
     const NAME: &str = "store";
     if !path.exists() {
-        return CheckLine::pass(NAME, format!("{} will be created at first start", path.display()));
+        return CheckLine::pass(
+            NAME,
+            format!("{} will be created at first start", path.display()),
+        );
     }
     let p = path.to_path_buf();
     let opened = tokio::task::spawn_blocking(move || Store::open_redb(&p, 16 * 1024 * 1024)).await;
@@ -186,9 +235,14 @@ async fn check_store(path: &Path) -> CheckLine {
             drop(store);
             CheckLine::pass(NAME, format!("{} opens", path.display()))
         }
-        Err(StoreError::Locked { .. }) => {
-            CheckLine::pass(NAME, format!("{} is in use by a running headgate (fine)", path.display()))
-        }
-        Err(e) => CheckLine::fail(NAME, e.to_string(), "restore the store from a backup, or move it away to start empty"),
+        Err(StoreError::Locked { .. }) => CheckLine::pass(
+            NAME,
+            format!("{} is in use by a running headgate (fine)", path.display()),
+        ),
+        Err(e) => CheckLine::fail(
+            NAME,
+            e.to_string(),
+            "restore the store from a backup, or move it away to start empty",
+        ),
     }
 }

@@ -17,7 +17,11 @@ use crate::server::{self, Server};
 use crate::store::Store;
 
 #[derive(Parser, Debug)]
-#[command(name = "headgate", version, about = "OIDC sign-in gate and forward-auth server for Headplane and Headscale")]
+#[command(
+    name = "headgate",
+    version,
+    about = "OIDC sign-in gate and forward-auth server for Headplane and Headscale"
+)]
 pub struct Cli {
     /// Configuration file (default: $HEADGATE_CONFIG, ./headgate.toml, /etc/headgate/headgate.toml).
     #[arg(long, short = 'c', global = true, value_name = "FILE")]
@@ -43,10 +47,16 @@ pub struct Failure {
 
 impl Failure {
     fn config(e: ConfigErrors) -> Self {
-        Failure { message: e.to_string(), code: 2 }
+        Failure {
+            message: e.to_string(),
+            code: 2,
+        }
     }
     fn runtime(message: impl Into<String>) -> Self {
-        Failure { message: message.into(), code: 1 }
+        Failure {
+            message: message.into(),
+            code: 1,
+        }
     }
 }
 
@@ -95,7 +105,10 @@ fn check_config(flag: Option<&Path>, env: &HashMap<String, String>) -> Result<Ex
         println!("all checks passed");
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("{failed} check{} failed", if failed == 1 { "" } else { "s" });
+        println!(
+            "{failed} check{} failed",
+            if failed == 1 { "" } else { "s" }
+        );
         Ok(ExitCode::from(1))
     }
 }
@@ -107,14 +120,21 @@ fn serve(flag: Option<&Path>, env: &HashMap<String, String>) -> Result<ExitCode,
         tracing::warn!("{w}");
     }
     prepare_data_dir(&config.server.data_path)?;
+    refuse_shared_file(&config.store_path())?;
     let store = Store::open_redb(&config.store_path(), crate::store::DEFAULT_CACHE_BYTES)
         .map_err(|e| Failure::runtime(e.to_string()))?;
     let rt = runtime()?;
     rt.block_on(async move {
         let grace = Duration::from_secs(config.server.shutdown_timeout);
         let app = Arc::new(App::new(Arc::new(config), store, HttpClient::new()));
-        let server = Server::bind(app.clone()).await.map_err(|e| Failure::runtime(e.to_string()))?;
-        let tls = if app.config().server.tls.is_some() { " (TLS)" } else { "" };
+        let server = Server::bind(app.clone())
+            .await
+            .map_err(|e| Failure::runtime(e.to_string()))?;
+        let tls = if app.config().server.tls.is_some() {
+            " (TLS)"
+        } else {
+            ""
+        };
         tracing::info!("headgate listening on {}{tls}", server.local_addr());
         server.run(server::shutdown_signal(), grace).await;
         tracing::info!("stopped");
@@ -149,6 +169,22 @@ pub fn prepare_data_dir(path: &Path) -> Result<(), Failure> {
             path.display(),
             path.display()
         )));
+    }
+    Ok(())
+}
+
+/// S17: the store holds sessions and keys; a copy others can read is refused, not silently used.
+pub fn refuse_shared_file(path: &Path) -> Result<(), Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(Failure::runtime(format!(
+                "{} is accessible by group or others (mode {mode:o}); it holds sessions and keys: run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            )));
+        }
     }
     Ok(())
 }

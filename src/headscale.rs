@@ -29,7 +29,11 @@ pub enum HeadscaleError {
     #[error("Headscale at {0} is unreachable: {1}")]
     Unreachable(String, HttpError),
     #[error("Headscale answered {status} to {what}: {detail}")]
-    Unexpected { what: &'static str, status: u16, detail: String },
+    Unexpected {
+        what: &'static str,
+        status: u16,
+        detail: String,
+    },
 }
 
 /// An API key as `GET /api/v1/apikey` lists it (the prefix is masked with `*`).
@@ -49,7 +53,10 @@ pub struct ApiKey {
 impl ApiKey {
     /// The listed prefix without its `*` mask: a prefix of the full key.
     pub fn bare_prefix(&self) -> &str {
-        self.prefix.trim_end_matches('*').trim_end_matches('-').trim_end_matches('.')
+        self.prefix
+            .trim_end_matches('*')
+            .trim_end_matches('-')
+            .trim_end_matches('.')
     }
 }
 
@@ -78,15 +85,28 @@ impl Headscale {
     }
 
     fn url(&self, path_and_query: &str) -> String {
-        format!("{}{}", self.base.as_str().trim_end_matches('/'), path_and_query)
+        format!(
+            "{}{}",
+            self.base.as_str().trim_end_matches('/'),
+            path_and_query
+        )
     }
 
     async fn get_with(&self, key: &str, path: &str) -> Result<Response, HeadscaleError> {
         let auth = format!("Bearer {key}");
         self.http
-            .get(&self.url(path), &[("authorization", auth.as_str()), ("accept", "application/json")], TIMEOUT)
+            .get(
+                &self.url(path),
+                &[
+                    ("authorization", auth.as_str()),
+                    ("accept", "application/json"),
+                ],
+                TIMEOUT,
+            )
             .await
-            .map_err(|e| HeadscaleError::Unreachable(self.base.as_str().trim_end_matches('/').to_string(), e))
+            .map_err(|e| {
+                HeadscaleError::Unreachable(self.base.as_str().trim_end_matches('/').to_string(), e)
+            })
     }
 
     /// Check headgate's own key with the cheapest authenticated call: `GET /api/v1/health` (v0.27+), falling
@@ -100,7 +120,9 @@ impl Headscale {
             return Ok(());
         }
         // Before v0.27 there is no health endpoint: grpc-gateway answers 404 (or 501) for the unknown route.
-        let r = self.get_with(self.key.expose(), "/api/v1/user?id=18446744073709551615").await?;
+        let r = self
+            .get_with(self.key.expose(), "/api/v1/user?id=18446744073709551615")
+            .await?;
         if is_invalid_key(&r) {
             return Err(HeadscaleError::InvalidKey);
         }
@@ -125,11 +147,12 @@ impl Headscale {
         if !r.status.is_success() {
             return Err(unexpected("GET /api/v1/apikey", &r));
         }
-        let list: List = serde_json::from_slice(&r.body).map_err(|e| HeadscaleError::Unexpected {
-            what: "GET /api/v1/apikey",
-            status: r.status.as_u16(),
-            detail: format!("the body is not the expected JSON ({e})"),
-        })?;
+        let list: List =
+            serde_json::from_slice(&r.body).map_err(|e| HeadscaleError::Unexpected {
+                what: "GET /api/v1/apikey",
+                status: r.status.as_u16(),
+                detail: format!("the body is not the expected JSON ({e})"),
+            })?;
         Ok(list.api_keys)
     }
 }
@@ -137,7 +160,8 @@ impl Headscale {
 /// 401 (any body), or 500 whose body is exactly `Unauthorized` (v0.26 and older).
 pub fn is_invalid_key(r: &Response) -> bool {
     r.status == http::StatusCode::UNAUTHORIZED
-        || (r.status == http::StatusCode::INTERNAL_SERVER_ERROR && r.body.trim_ascii() == b"Unauthorized")
+        || (r.status == http::StatusCode::INTERNAL_SERVER_ERROR
+            && r.body.trim_ascii() == b"Unauthorized")
 }
 
 fn unexpected(what: &'static str, r: &Response) -> HeadscaleError {
@@ -151,5 +175,9 @@ fn unexpected(what: &'static str, r: &Response) -> HeadscaleError {
         Ok(e) => e.message.or(e.detail).or(e.title).unwrap_or_default(),
         Err(_) => r.text().chars().take(200).collect(),
     };
-    HeadscaleError::Unexpected { what, status: r.status.as_u16(), detail }
+    HeadscaleError::Unexpected {
+        what,
+        status: r.status.as_u16(),
+        detail,
+    }
 }

@@ -70,26 +70,52 @@ impl HttpClient {
     }
 
     /// Send `req`, wait at most `timeout` for the whole answer, read at most `MAX_RESPONSE_BODY` bytes.
-    pub async fn send(&self, req: Request<Full<Bytes>>, timeout: Duration) -> Result<Response, HttpError> {
+    pub async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Response, HttpError> {
         let origin = origin_of(req.uri());
         let fut = async {
-            let resp = self.inner.request(req).await.map_err(|e| HttpError::Connect {
-                origin: origin.clone(),
-                reason: describe_client_error(&e),
-            })?;
+            let resp = self
+                .inner
+                .request(req)
+                .await
+                .map_err(|e| HttpError::Connect {
+                    origin: origin.clone(),
+                    reason: describe_client_error(&e),
+                })?;
             let (parts, body) = resp.into_parts();
-            let body = Limited::new(body, MAX_RESPONSE_BODY).collect().await.map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                    HttpError::TooLarge { origin: origin.clone(), max: MAX_RESPONSE_BODY }
-                } else {
-                    HttpError::Connect { origin: origin.clone(), reason: format!("the response broke off ({e})") }
-                }
-            })?;
-            Ok(Response { status: parts.status, headers: parts.headers, body: body.to_bytes() })
+            let body = Limited::new(body, MAX_RESPONSE_BODY)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
+                        HttpError::TooLarge {
+                            origin: origin.clone(),
+                            max: MAX_RESPONSE_BODY,
+                        }
+                    } else {
+                        HttpError::Connect {
+                            origin: origin.clone(),
+                            reason: format!("the response broke off ({e})"),
+                        }
+                    }
+                })?;
+            Ok(Response {
+                status: parts.status,
+                headers: parts.headers,
+                body: body.to_bytes(),
+            })
         };
         match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(HttpError::Timeout { origin: origin_of_str(&origin), secs: timeout.as_secs().max(1) }),
+            Err(_) => Err(HttpError::Timeout {
+                origin: origin_of_str(&origin),
+                secs: timeout.as_secs().max(1),
+            }),
         }
     }
 
@@ -117,13 +143,23 @@ impl HttpClient {
     }
 }
 
-fn build(method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Result<Request<Full<Bytes>>, HttpError> {
-    let invalid = || HttpError::InvalidUrl { url: strip_query(url) };
+fn build(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, HttpError> {
+    let invalid = || HttpError::InvalidUrl {
+        url: strip_query(url),
+    };
     let uri: http::Uri = url.parse().map_err(|_| invalid())?;
     if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.host().is_none() {
         return Err(invalid());
     }
-    let mut b = Request::builder().method(method).uri(uri).header(http::header::USER_AGENT, "headgate");
+    let mut b = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(http::header::USER_AGENT, "headgate");
     for (k, v) in headers {
         b = b.header(*k, *v);
     }

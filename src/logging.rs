@@ -8,9 +8,15 @@ pub fn init(format: LogFormat, level: &str) {
         .ok()
         .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
         LogFormat::Human => builder.with_ansi(false).try_init(),
     };
 }
@@ -39,6 +45,9 @@ mod tests {
     #[test]
     fn escapes_control_characters() {
         assert_eq!(super::escape("/a\nb\x1b[31m\\"), "/a\\nb\\u{1b}[31m\\\\");
-        assert!(matches!(super::escape("/plain"), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(
+            super::escape("/plain"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 pub use cidr::Cidr;
 pub use error::{ConfigError, ConfigErrors};
-pub use secret::Secret;
 use reader::{Section, nearest};
+pub use secret::Secret;
 use url::Url;
 
 /// Where `serve` and friends look for the file when `--config` is not given.
@@ -119,7 +119,9 @@ pub struct ManualEndpoints {
 impl ManualEndpoints {
     /// Enough to sign in without a discovery document.
     pub fn complete(&self) -> bool {
-        self.authorization_endpoint.is_some() && self.token_endpoint.is_some() && self.jwks_uri.is_some()
+        self.authorization_endpoint.is_some()
+            && self.token_endpoint.is_some()
+            && self.jwks_uri.is_some()
     }
 }
 
@@ -132,13 +134,19 @@ pub enum TokenAuthMethod {
 impl OidcConfig {
     /// `<issuer>/.well-known/openid-configuration`, the issuer's path kept and its trailing slash dropped.
     pub fn discovery_url(&self) -> String {
-        format!("{}/.well-known/openid-configuration", self.issuer.trim_end_matches('/'))
+        format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer.trim_end_matches('/')
+        )
     }
 }
 
 impl Config {
     /// Which file to read: `--config`, then `$HEADGATE_CONFIG`, then the default locations.
-    pub fn locate(flag: Option<&Path>, env: &HashMap<String, String>) -> Result<PathBuf, ConfigErrors> {
+    pub fn locate(
+        flag: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<PathBuf, ConfigErrors> {
         if let Some(p) = flag {
             return Ok(p.to_path_buf());
         }
@@ -168,14 +176,24 @@ impl Config {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
             source_name: name.clone(),
-            errors: vec![ConfigError::new(name.clone(), format!("cannot read the configuration file: {e}"))],
+            errors: vec![ConfigError::new(
+                name.clone(),
+                format!("cannot read the configuration file: {e}"),
+            )],
         })?;
         Self::parse(&name, &text, env)
     }
 
     /// Validate TOML text (`source_name` is used in messages).
-    pub fn parse(source_name: &str, text: &str, env: &HashMap<String, String>) -> Result<Config, ConfigErrors> {
-        let fail = |errors| ConfigErrors { source_name: source_name.to_string(), errors };
+    pub fn parse(
+        source_name: &str,
+        text: &str,
+        env: &HashMap<String, String>,
+    ) -> Result<Config, ConfigErrors> {
+        let fail = |errors| ConfigErrors {
+            source_name: source_name.to_string(),
+            errors,
+        };
         let mut root: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             let msg = e.message().to_string();
             let at = e
@@ -185,24 +203,31 @@ impl Config {
                     format!("line {line}: ")
                 })
                 .unwrap_or_default();
-            fail(vec![ConfigError::new(source_name, format!("{at}not valid TOML: {msg}"))])
+            fail(vec![ConfigError::new(
+                source_name,
+                format!("{at}not valid TOML: {msg}"),
+            )])
         })?;
         let mut errors = Vec::new();
         let env_keys = apply_env_overrides(&mut root, env, &mut errors);
 
-        let take_section = |root: &mut toml::Table, name: &str, errors: &mut Vec<ConfigError>| {
-            match root.remove(name) {
+        let take_section =
+            |root: &mut toml::Table, name: &str, errors: &mut Vec<ConfigError>| match root
+                .remove(name)
+            {
                 None => None,
                 Some(toml::Value::Table(t)) => Some(t),
                 Some(other) => {
                     errors.push(ConfigError::new(
                         name,
-                        format!("expected a [{name}] table, found {}", reader::describe(&other)),
+                        format!(
+                            "expected a [{name}] table, found {}",
+                            reader::describe(&other)
+                        ),
                     ));
                     None
                 }
-            }
-        };
+            };
         let server_t = take_section(&mut root, "server", &mut errors);
         let upstream_t = take_section(&mut root, "upstream", &mut errors);
         let headscale_t = take_section(&mut root, "headscale", &mut errors);
@@ -217,16 +242,29 @@ impl Config {
         let env_of = |s: &str| env_keys.get(s).cloned().unwrap_or_default();
 
         if server_t.is_none() {
-            errors.push(ConfigError::new("server", "missing: [server] needs at least base_url and cookie_secret"));
+            errors.push(ConfigError::new(
+                "server",
+                "missing: [server] needs at least base_url and cookie_secret",
+            ));
         }
         let server = {
-            let mut s = Section::new("server", server_t.unwrap_or_default(), env_of("server"), &mut errors);
+            let mut s = Section::new(
+                "server",
+                server_t.unwrap_or_default(),
+                env_of("server"),
+                &mut errors,
+            );
             let r = read_server(&mut s, env);
             s.finish();
             r
         };
         let upstream = {
-            let mut s = Section::new("upstream", upstream_t.unwrap_or_default(), env_of("upstream"), &mut errors);
+            let mut s = Section::new(
+                "upstream",
+                upstream_t.unwrap_or_default(),
+                env_of("upstream"),
+                &mut errors,
+            );
             let r = read_upstream(&mut s);
             s.finish();
             r
@@ -258,7 +296,13 @@ impl Config {
             Some(None) => unreachable!("a section that failed to read has recorded an error"),
             None => None,
         };
-        let mut config = Config { server, upstream, headscale, oidc, warnings: Vec::new() };
+        let mut config = Config {
+            server,
+            upstream,
+            headscale,
+            oidc,
+            warnings: Vec::new(),
+        };
         config.warnings = open_door_warnings(&config);
         Ok(config)
     }
@@ -305,39 +349,57 @@ fn apply_env_overrides(
     errors: &mut Vec<ConfigError>,
 ) -> HashMap<String, HashSet<String>> {
     let mut set: HashMap<String, HashSet<String>> = HashMap::new();
-    let mut vars: Vec<_> = env.iter().filter(|(k, _)| k.starts_with("HEADGATE_") && k.contains("__")).collect();
+    let mut vars: Vec<_> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with("HEADGATE_") && k.contains("__"))
+        .collect();
     vars.sort();
     for (var, value) in vars {
-        let parts: Vec<String> =
-            var["HEADGATE_".len()..].split("__").map(|p| p.to_ascii_lowercase()).collect();
+        let parts: Vec<String> = var["HEADGATE_".len()..]
+            .split("__")
+            .map(|p| p.to_ascii_lowercase())
+            .collect();
         if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
-            errors.push(ConfigError::new(var.clone(), "expected HEADGATE_<SECTION>__<KEY>"));
+            errors.push(ConfigError::new(
+                var.clone(),
+                "expected HEADGATE_<SECTION>__<KEY>",
+            ));
             continue;
         }
         let section = &parts[0];
         if !SECTIONS.contains(&section.as_str()) {
             let mut msg = format!("[{section}] is not a configuration section");
             if let Some(s) = nearest(section, SECTIONS) {
-                msg.push_str(&format!(": did you mean HEADGATE_{}__…?", s.to_ascii_uppercase()));
+                msg.push_str(&format!(
+                    ": did you mean HEADGATE_{}__…?",
+                    s.to_ascii_uppercase()
+                ));
             }
             errors.push(ConfigError::new(var.clone(), msg));
             continue;
         }
-        let entry = root.entry(section.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
-        let Some(mut table) = entry.as_table_mut() else { continue };
+        let entry = root
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        let Some(mut table) = entry.as_table_mut() else {
+            continue;
+        };
         for (i, part) in parts[1..].iter().enumerate() {
             if i == parts.len() - 2 {
                 table.insert(part.clone(), toml::Value::String(value.clone()));
             } else {
-                let next =
-                    table.entry(part.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+                let next = table
+                    .entry(part.clone())
+                    .or_insert_with(|| toml::Value::Table(Default::default()));
                 match next.as_table_mut() {
                     Some(t) => table = t,
                     None => break,
                 }
             }
         }
-        set.entry(section.clone()).or_default().insert(parts[1].clone());
+        set.entry(section.clone())
+            .or_default()
+            .insert(parts[1].clone());
     }
     set
 }
@@ -348,14 +410,22 @@ fn read_server(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<Ser
         Some(v) => match v.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                s.error("listen", format!("{v:?} is not an address:port (e.g. \"0.0.0.0:4180\" or \"[::]:4180\")"));
+                s.error(
+                    "listen",
+                    format!(
+                        "{v:?} is not an address:port (e.g. \"0.0.0.0:4180\" or \"[::]:4180\")"
+                    ),
+                );
                 None
             }
         },
     };
     let base_url = match s.string("base_url") {
         None => {
-            s.error("base_url", "missing: set the public origin people use, e.g. \"https://headplane.example.com\"");
+            s.error(
+                "base_url",
+                "missing: set the public origin people use, e.g. \"https://headplane.example.com\"",
+            );
             None
         }
         Some(v) => match parse_origin(&v) {
@@ -372,18 +442,30 @@ fn read_server(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<Ser
     let cookie_secure = s.bool("cookie_secure", true);
     let cookie_domain = s.non_empty_string("cookie_domain");
     let cookie_max_age = s.u64_in("cookie_max_age", 86400, 60, 400 * 86400);
-    let data_path = PathBuf::from(s.non_empty_string("data_path").unwrap_or_else(|| "/var/lib/headgate".into()));
+    let data_path = PathBuf::from(
+        s.non_empty_string("data_path")
+            .unwrap_or_else(|| "/var/lib/headgate".into()),
+    );
     let cert = s.non_empty_string("tls_cert_path");
     let key = s.non_empty_string("tls_key_path");
     let tls = match (cert, key) {
-        (Some(c), Some(k)) => Some(TlsFiles { cert_path: c.into(), key_path: k.into() }),
+        (Some(c), Some(k)) => Some(TlsFiles {
+            cert_path: c.into(),
+            key_path: k.into(),
+        }),
         (None, None) => None,
         (Some(_), None) => {
-            s.error("tls_key_path", "missing: server.tls_cert_path is set, so the private key is needed too");
+            s.error(
+                "tls_key_path",
+                "missing: server.tls_cert_path is set, so the private key is needed too",
+            );
             None
         }
         (None, Some(_)) => {
-            s.error("tls_cert_path", "missing: server.tls_key_path is set, so the certificate is needed too");
+            s.error(
+                "tls_cert_path",
+                "missing: server.tls_key_path is set, so the certificate is needed too",
+            );
             None
         }
     };
@@ -391,19 +473,30 @@ fn read_server(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<Ser
         None | Some("human") => LogFormat::Human,
         Some("json") => LogFormat::Json,
         Some(other) => {
-            s.error("log_format", format!("{other:?} is not a log format: use \"human\" or \"json\""));
+            s.error(
+                "log_format",
+                format!("{other:?} is not a log format: use \"human\" or \"json\""),
+            );
             LogFormat::Human
         }
     };
     let log_level = s.string("log_level").unwrap_or_else(|| "info".into());
     if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-        s.error("log_level", format!("{log_level:?} is not a level or filter (use error, warn, info, debug, trace)"));
+        s.error(
+            "log_level",
+            format!("{log_level:?} is not a level or filter (use error, warn, info, debug, trace)"),
+        );
     }
     let shutdown_timeout = s.u64_in("shutdown_timeout", 30, 0, 3600);
-    let allowed_redirect_domains = s.string_list("allowed_redirect_domains").unwrap_or_default();
+    let allowed_redirect_domains = s
+        .string_list("allowed_redirect_domains")
+        .unwrap_or_default();
     for (i, d) in allowed_redirect_domains.iter().enumerate() {
         let bare = d.strip_prefix('.').unwrap_or(d);
-        if bare.is_empty() || bare.contains(['/', ':', '@', ' ', '*']) || bare != bare.to_ascii_lowercase() {
+        if bare.is_empty()
+            || bare.contains(['/', ':', '@', ' ', '*'])
+            || bare != bare.to_ascii_lowercase()
+        {
             s.error(
                 &format!("allowed_redirect_domains[{i}]"),
                 format!("{d:?} is not a lower-case host name (\".example.com\" also allows its subdomains)"),
@@ -411,7 +504,12 @@ fn read_server(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<Ser
         }
     }
     let mut api_key_login_cidrs = Vec::new();
-    for (i, c) in s.string_list("api_key_login_cidrs").unwrap_or_default().iter().enumerate() {
+    for (i, c) in s
+        .string_list("api_key_login_cidrs")
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
         match c.parse::<Cidr>() {
             Ok(c) => api_key_login_cidrs.push(c),
             Err(e) => s.error(&format!("api_key_login_cidrs[{i}]"), e),
@@ -430,12 +528,18 @@ fn read_server(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<Ser
             );
         }
     } else if !secret_given {
-        s.error("cookie_secret", "missing: set server.cookie_secret or server.cookie_secret_path (at least 32 bytes)");
+        s.error(
+            "cookie_secret",
+            "missing: set server.cookie_secret or server.cookie_secret_path (at least 32 bytes)",
+        );
     }
-    if let Some(p) = &previous {
-        if p.len() < 32 {
-            s.error("cookie_secret_previous", "must be at least 32 bytes, like server.cookie_secret");
-        }
+    if let Some(p) = &previous
+        && p.len() < 32
+    {
+        s.error(
+            "cookie_secret_previous",
+            "must be at least 32 bytes, like server.cookie_secret",
+        );
     }
     Some(ServerConfig {
         listen: listen?,
@@ -460,7 +564,10 @@ fn read_upstream(s: &mut Section<'_>) -> UpstreamConfig {
     let url = s.string("url").and_then(|v| match Url::parse(&v) {
         Ok(u) if (u.scheme() == "http" && u.host().is_some()) || u.scheme() == "unix" => Some(u),
         Ok(_) => {
-            s.error("url", format!("{v:?} must be http://host:port or unix:/path/to/socket"));
+            s.error(
+                "url",
+                format!("{v:?} must be http://host:port or unix:/path/to/socket"),
+            );
             None
         }
         Err(e) => {
@@ -473,35 +580,56 @@ fn read_upstream(s: &mut Section<'_>) -> UpstreamConfig {
         Some("proxy_auth") => HeadplaneLogin::ProxyAuth,
         Some("none") => HeadplaneLogin::None,
         Some(other) => {
-            s.error("headplane_login", format!("{other:?} is not one of \"api_key\", \"proxy_auth\", \"none\""));
+            s.error(
+                "headplane_login",
+                format!("{other:?} is not one of \"api_key\", \"proxy_auth\", \"none\""),
+            );
             HeadplaneLogin::ApiKey
         }
     };
-    UpstreamConfig { url, headplane_login }
+    UpstreamConfig {
+        url,
+        headplane_login,
+    }
 }
 
 fn read_headscale(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<HeadscaleConfig> {
     let url = match s.string("url") {
         None => {
-            s.error("url", "missing: where headgate reaches Headscale's API, e.g. \"http://headscale:8080\"");
+            s.error(
+                "url",
+                "missing: where headgate reaches Headscale's API, e.g. \"http://headscale:8080\"",
+            );
             None
         }
         Some(v) => http_url(s, "url", &v),
     };
-    let public_url = s.string("public_url").and_then(|v| http_url(s, "public_url", &v));
+    let public_url = s
+        .string("public_url")
+        .and_then(|v| http_url(s, "public_url", &v));
     let key_given = s.is_set("api_key") || s.is_set("api_key_path");
     let api_key = s.secret("api_key", "api_key_path", env);
     if api_key.is_none() && !key_given {
-        s.error("api_key", "missing: create one with `headscale apikeys create --expiration 90d`");
+        s.error(
+            "api_key",
+            "missing: create one with `headscale apikeys create --expiration 90d`",
+        );
     }
     let url = url?;
-    Some(HeadscaleConfig { public_url: public_url.unwrap_or_else(|| url.clone()), url, api_key: api_key? })
+    Some(HeadscaleConfig {
+        public_url: public_url.unwrap_or_else(|| url.clone()),
+        url,
+        api_key: api_key?,
+    })
 }
 
 fn read_oidc(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<OidcConfig> {
     let issuer = match s.string("issuer") {
         None => {
-            s.error("issuer", "missing: the IdP's issuer URL, e.g. \"https://idp.example.com/realms/main\"");
+            s.error(
+                "issuer",
+                "missing: the IdP's issuer URL, e.g. \"https://idp.example.com/realms/main\"",
+            );
             None
         }
         Some(v) => match Url::parse(&v) {
@@ -515,7 +643,10 @@ fn read_oidc(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<OidcC
     let client_id_given = s.is_set("client_id");
     let client_id = s.non_empty_string("client_id");
     if client_id.is_none() && !client_id_given {
-        s.error("client_id", "missing: the client id registered for headgate at the IdP");
+        s.error(
+            "client_id",
+            "missing: the client id registered for headgate at the IdP",
+        );
     }
     let secret_given = s.is_set("client_secret") || s.is_set("client_secret_path");
     let client_secret = s.secret("client_secret", "client_secret_path", env);
@@ -526,12 +657,15 @@ fn read_oidc(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<OidcC
             "missing: set oidc.client_secret or oidc.client_secret_path (or oidc.use_pkce = true for a public client)",
         );
     }
-    let scope = s.string("scope").unwrap_or_else(|| "openid email profile".into());
+    let scope = s
+        .string("scope")
+        .unwrap_or_else(|| "openid email profile".into());
     if !scope.split_whitespace().any(|x| x == "openid") {
         s.error("scope", format!("{scope:?} must include \"openid\""));
     }
     let extra_params = s.string_map("extra_params");
-    let endpoint = |s: &mut Section<'_>, key: &'static str| s.string(key).and_then(|v| http_url(s, key, &v));
+    let endpoint =
+        |s: &mut Section<'_>, key: &'static str| s.string(key).and_then(|v| http_url(s, key, &v));
     let endpoints = ManualEndpoints {
         authorization_endpoint: endpoint(s, "authorization_endpoint"),
         token_endpoint: endpoint(s, "token_endpoint"),
@@ -554,11 +688,20 @@ fn read_oidc(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<OidcC
     let subject_claims = s.string_list("subject_claims").unwrap_or_default();
     let disable_api_key_login = s.bool("disable_api_key_login", false);
     let use_end_session = s.bool("use_end_session", false);
-    let post_logout_redirect_uri =
-        s.string("post_logout_redirect_uri").and_then(|v| http_url(s, "post_logout_redirect_uri", &v));
-    let callback_path = s.string("callback_path").unwrap_or_else(|| "/admin/oidc/callback".into());
-    if !callback_path.starts_with('/') || callback_path.starts_with("//") || callback_path.contains(['?', '#', ' ']) {
-        s.error("callback_path", format!("{callback_path:?} must be a path starting with one /"));
+    let post_logout_redirect_uri = s
+        .string("post_logout_redirect_uri")
+        .and_then(|v| http_url(s, "post_logout_redirect_uri", &v));
+    let callback_path = s
+        .string("callback_path")
+        .unwrap_or_else(|| "/admin/oidc/callback".into());
+    if !callback_path.starts_with('/')
+        || callback_path.starts_with("//")
+        || callback_path.contains(['?', '#', ' '])
+    {
+        s.error(
+            "callback_path",
+            format!("{callback_path:?} must be a path starting with one /"),
+        );
     }
     let allowed_email_domains: Vec<String> = s
         .string_list("allowed_email_domains")
@@ -608,11 +751,20 @@ fn http_url(s: &mut Section<'_>, key: &'static str, v: &str) -> Option<Url> {
 
 /// An absolute http(s) origin: scheme, host and optional port; no path, query, fragment or credentials.
 fn parse_origin(v: &str) -> Result<Url, String> {
-    let u = Url::parse(v).map_err(|e| format!("{v:?} is not a URL ({e}): use e.g. \"https://headplane.example.com\""))?;
+    let u = Url::parse(v).map_err(|e| {
+        format!("{v:?} is not a URL ({e}): use e.g. \"https://headplane.example.com\"")
+    })?;
     if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
-        return Err(format!("{v:?} is not an absolute http(s) origin: use e.g. \"https://headplane.example.com\""));
+        return Err(format!(
+            "{v:?} is not an absolute http(s) origin: use e.g. \"https://headplane.example.com\""
+        ));
     }
-    if u.path() != "/" || u.query().is_some() || u.fragment().is_some() || !u.username().is_empty() || u.password().is_some() {
+    if u.path() != "/"
+        || u.query().is_some()
+        || u.fragment().is_some()
+        || !u.username().is_empty()
+        || u.password().is_some()
+    {
         return Err(format!(
             "{v:?} must be an origin only (scheme://host[:port]); headgate serves Headplane's /admin paths itself"
         ));
@@ -625,7 +777,10 @@ fn parse_origin(v: &str) -> Result<Url, String> {
 fn open_door_warnings(c: &Config) -> Vec<String> {
     let mut w = Vec::new();
     if let Some(o) = &c.oidc {
-        if o.allowed_email_domains.is_empty() && o.allowed_groups.is_empty() && o.allowed_subjects.is_empty() {
+        if o.allowed_email_domains.is_empty()
+            && o.allowed_groups.is_empty()
+            && o.allowed_subjects.is_empty()
+        {
             w.push(
                 "anyone the IdP accepts can sign in: set oidc.allowed_email_domains, oidc.allowed_groups or \
                  oidc.allowed_subjects to restrict who gets in"

@@ -24,7 +24,13 @@ impl<'e> Section<'e> {
         from_env: HashSet<String>,
         errors: &'e mut Vec<ConfigError>,
     ) -> Self {
-        Section { name: name.to_string(), table, known: Vec::new(), from_env, errors }
+        Section {
+            name: name.to_string(),
+            table,
+            known: Vec::new(),
+            from_env,
+            errors,
+        }
     }
 
     /// The full dotted name of `key` in this section.
@@ -109,7 +115,10 @@ impl<'e> Section<'e> {
             }
         };
         if n < min || n > max {
-            self.error(key, format!("{n} is out of range: use a value from {min} to {max}"));
+            self.error(
+                key,
+                format!("{n} is out of range: use a value from {min} to {max}"),
+            );
             return default;
         }
         n
@@ -121,7 +130,10 @@ impl<'e> Section<'e> {
             (toml::Value::String(s), true) => match parse_env_list(&s) {
                 Some(v) => v,
                 None => {
-                    self.error(key, format!("expected a list like [\"a\", \"b\"] or a,b; found {s:?}"));
+                    self.error(
+                        key,
+                        format!("expected a list like [\"a\", \"b\"] or a,b; found {s:?}"),
+                    );
                     return None;
                 }
             },
@@ -150,12 +162,19 @@ impl<'e> Section<'e> {
     }
 
     pub(crate) fn string_map(&mut self, key: &'static str) -> BTreeMap<String, String> {
-        let Some((v, env)) = self.take(key) else { return BTreeMap::new() };
+        let Some((v, env)) = self.take(key) else {
+            return BTreeMap::new();
+        };
         let v = match (v, env) {
             (toml::Value::String(s), true) => match format!("v = {s}").parse::<toml::Table>() {
-                Ok(mut t) => t.remove("v").unwrap_or(toml::Value::Table(Default::default())),
+                Ok(mut t) => t
+                    .remove("v")
+                    .unwrap_or(toml::Value::Table(Default::default())),
                 Err(_) => {
-                    self.error(key, format!("expected a table like {{ prompt = \"login\" }}, found {s:?}"));
+                    self.error(
+                        key,
+                        format!("expected a table like {{ prompt = \"login\" }}, found {s:?}"),
+                    );
                     return BTreeMap::new();
                 }
             },
@@ -191,7 +210,13 @@ impl<'e> Section<'e> {
 
     /// Report every key nobody asked for, with the nearest known key as a suggestion.
     pub(crate) fn finish(self) {
-        let Section { name, table, known, errors, .. } = self;
+        let Section {
+            name,
+            table,
+            known,
+            errors,
+            ..
+        } = self;
         for key in table.keys() {
             let mut msg = "unknown key".to_string();
             if let Some(s) = nearest(key, &known) {

@@ -47,7 +47,11 @@ pub(crate) fn expand_vars(s: &str, env: &HashMap<String, String>) -> Result<Stri
         }
         match env.get(name) {
             Some(v) => out.push_str(v),
-            None => return Err(format!("environment variable {name} is not set (used in {s:?})")),
+            None => {
+                return Err(format!(
+                    "environment variable {name} is not set (used in {s:?})"
+                ));
+            }
         }
         rest = &after[end + 1..];
     }
@@ -68,7 +72,10 @@ impl Section<'_> {
         let path = self.string(path_key);
         if both {
             let k = self.key(key);
-            self.error(path_key, format!("both {k} and {} are set: keep only one", self.key(path_key)));
+            self.error(
+                path_key,
+                format!("both {k} and {} are set: keep only one", self.key(path_key)),
+            );
             return None;
         }
         if let Some(v) = value {
@@ -91,7 +98,10 @@ impl Section<'_> {
             Ok(content) => {
                 let v = content.trim().to_string();
                 if v.is_empty() {
-                    self.error(path_key, format!("the file {} is empty", expanded.display()));
+                    self.error(
+                        path_key,
+                        format!("the file {} is empty", expanded.display()),
+                    );
                     return None;
                 }
                 Some(Secret(v))

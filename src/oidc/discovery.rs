@@ -66,37 +66,64 @@ pub enum DiscoveryError {
          to exactly the IdP's issuer"
     )]
     IssuerMismatch { found: String, configured: String },
-    #[error("the IdP's discovery document {url} has no {field}: set oidc.{field} in the configuration")]
+    #[error(
+        "the IdP's discovery document {url} has no {field}: set oidc.{field} in the configuration"
+    )]
     Missing { url: String, field: &'static str },
     #[error("the IdP's discovery document {url} has an invalid {field} ({value:?})")]
-    BadUrl { url: String, field: &'static str, value: String },
+    BadUrl {
+        url: String,
+        field: &'static str,
+        value: String,
+    },
 }
 
 /// Fetch and read the discovery document.
-pub async fn fetch(http: &HttpClient, oidc: &OidcConfig) -> Result<ProviderMetadata, DiscoveryError> {
+pub async fn fetch(
+    http: &HttpClient,
+    oidc: &OidcConfig,
+) -> Result<ProviderMetadata, DiscoveryError> {
     let url = oidc.discovery_url();
     let r = http
         .get(&url, &[("accept", "application/json")], TIMEOUT)
         .await
-        .map_err(|source| DiscoveryError::Fetch { url: url.clone(), source })?;
+        .map_err(|source| DiscoveryError::Fetch {
+            url: url.clone(),
+            source,
+        })?;
     if !r.status.is_success() {
-        return Err(DiscoveryError::Status { url, status: r.status.as_u16() });
+        return Err(DiscoveryError::Status {
+            url,
+            status: r.status.as_u16(),
+        });
     }
-    serde_json::from_slice(&r.body).map_err(|e| DiscoveryError::Json { url, detail: e.to_string() })
+    serde_json::from_slice(&r.body).map_err(|e| DiscoveryError::Json {
+        url,
+        detail: e.to_string(),
+    })
 }
 
 /// Merge configured endpoints over the discovery document. `meta` is `None` when every needed endpoint is
 /// configured and discovery was not fetched.
-pub fn resolve(oidc: &OidcConfig, meta: Option<&ProviderMetadata>) -> Result<Endpoints, DiscoveryError> {
+pub fn resolve(
+    oidc: &OidcConfig,
+    meta: Option<&ProviderMetadata>,
+) -> Result<Endpoints, DiscoveryError> {
     let url = oidc.discovery_url();
     let empty = ProviderMetadata::default();
     let m = meta.unwrap_or(&empty);
-    if let Some(found) = &m.issuer {
-        if found != &oidc.issuer {
-            return Err(DiscoveryError::IssuerMismatch { found: found.clone(), configured: oidc.issuer.clone() });
-        }
+    if let Some(found) = &m.issuer
+        && found != &oidc.issuer
+    {
+        return Err(DiscoveryError::IssuerMismatch {
+            found: found.clone(),
+            configured: oidc.issuer.clone(),
+        });
     }
-    let pick = |manual: &Option<Url>, found: &Option<String>, field: &'static str| -> Result<Option<Url>, DiscoveryError> {
+    let pick = |manual: &Option<Url>,
+                found: &Option<String>,
+                field: &'static str|
+     -> Result<Option<Url>, DiscoveryError> {
         if let Some(u) = manual {
             return Ok(Some(u.clone()));
         }
@@ -104,27 +131,54 @@ pub fn resolve(oidc: &OidcConfig, meta: Option<&ProviderMetadata>) -> Result<End
             None => Ok(None),
             Some(v) => match Url::parse(v) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(Some(u)),
-                _ => Err(DiscoveryError::BadUrl { url: url.clone(), field, value: v.clone() }),
+                _ => Err(DiscoveryError::BadUrl {
+                    url: url.clone(),
+                    field,
+                    value: v.clone(),
+                }),
             },
         }
     };
     let e = &oidc.endpoints;
-    let required = |u: Option<Url>, field: &'static str| u.ok_or(DiscoveryError::Missing { url: url.clone(), field });
+    let required = |u: Option<Url>, field: &'static str| {
+        u.ok_or(DiscoveryError::Missing {
+            url: url.clone(),
+            field,
+        })
+    };
     Ok(Endpoints {
         authorization: required(
-            pick(&e.authorization_endpoint, &m.authorization_endpoint, "authorization_endpoint")?,
+            pick(
+                &e.authorization_endpoint,
+                &m.authorization_endpoint,
+                "authorization_endpoint",
+            )?,
             "authorization_endpoint",
         )?,
-        token: required(pick(&e.token_endpoint, &m.token_endpoint, "token_endpoint")?, "token_endpoint")?,
+        token: required(
+            pick(&e.token_endpoint, &m.token_endpoint, "token_endpoint")?,
+            "token_endpoint",
+        )?,
         jwks: required(pick(&e.jwks_uri, &m.jwks_uri, "jwks_uri")?, "jwks_uri")?,
-        userinfo: pick(&e.userinfo_endpoint, &m.userinfo_endpoint, "userinfo_endpoint")?,
-        end_session: pick(&e.end_session_endpoint, &m.end_session_endpoint, "end_session_endpoint")?,
+        userinfo: pick(
+            &e.userinfo_endpoint,
+            &m.userinfo_endpoint,
+            "userinfo_endpoint",
+        )?,
+        end_session: pick(
+            &e.end_session_endpoint,
+            &m.end_session_endpoint,
+            "end_session_endpoint",
+        )?,
         signing_algs: m.id_token_signing_alg_values_supported.clone(),
     })
 }
 
 /// Discovery when needed, then the resolved endpoints.
-pub async fn discover(http: &HttpClient, oidc: &OidcConfig) -> Result<(Endpoints, Option<ProviderMetadata>), DiscoveryError> {
+pub async fn discover(
+    http: &HttpClient,
+    oidc: &OidcConfig,
+) -> Result<(Endpoints, Option<ProviderMetadata>), DiscoveryError> {
     if oidc.endpoints.complete() {
         // Everything is configured; discovery is optional extra information (supported algorithms).
         let meta = fetch(http, oidc).await.ok();

@@ -31,7 +31,10 @@ pub struct Server {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {addr} (server.listen): {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
 }
@@ -43,12 +46,16 @@ impl Server {
             Some(files) => Some(TlsAcceptor::from(tls::load(files)?)),
             None => None,
         };
-        let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
         Ok(Server { listener, tls, app })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// Serve until `shutdown` resolves, then stop accepting and give in-flight requests `grace` to finish.
@@ -93,29 +100,43 @@ impl Server {
                 });
                 match tls {
                     None => {
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                         let _ = watcher.watch(conn.into_owned()).await;
                     }
                     Some(acceptor) => {
-                        let tls_stream =
-                            match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => return,
-                            };
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                        let tls_stream = match tokio::time::timeout(
+                            HEADER_READ_TIMEOUT,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                        let conn = builder
+                            .serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
                         let _ = watcher.watch(conn.into_owned()).await;
                     }
                 }
             });
         }
         drop(listener);
-        tracing::info!(grace_secs = grace.as_secs(), "shutting down: finishing in-flight requests");
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-            tracing::warn!("server.shutdown_timeout passed with requests still running; closing them");
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutting down: finishing in-flight requests"
+        );
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "server.shutdown_timeout passed with requests still running; closing them"
+            );
         }
     }
 }

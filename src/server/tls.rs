@@ -23,14 +23,25 @@ pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let cert_path = files.cert_path.display().to_string();
     let key_path = files.key_path.display().to_string();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert_path)
-        .map_err(|e| TlsError::Cert { path: cert_path.clone(), detail: e.to_string() })?
+        .map_err(|e| TlsError::Cert {
+            path: cert_path.clone(),
+            detail: e.to_string(),
+        })?
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Cert { path: cert_path.clone(), detail: e.to_string() })?;
+        .map_err(|e| TlsError::Cert {
+            path: cert_path.clone(),
+            detail: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(TlsError::Cert { path: cert_path, detail: "no CERTIFICATE block in the file".into() });
+        return Err(TlsError::Cert {
+            path: cert_path,
+            detail: "no CERTIFICATE block in the file".into(),
+        });
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key_path)
-        .map_err(|e| TlsError::Key { path: key_path, detail: e.to_string() })?;
+    let key = PrivateKeyDer::from_pem_file(&files.key_path).map_err(|e| TlsError::Key {
+        path: key_path,
+        detail: e.to_string(),
+    })?;
     let mut cfg = ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)

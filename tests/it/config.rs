@@ -10,7 +10,10 @@ use crate::harness;
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn minimal() -> String {
@@ -29,7 +32,8 @@ fn errors(text: &str, env: &HashMap<String, String>) -> Vec<String> {
 }
 
 fn has(errs: &[String], key: &str, needle: &str) -> bool {
-    errs.iter().any(|e| e.starts_with(&format!("{key}: ")) && e.contains(needle))
+    errs.iter()
+        .any(|e| e.starts_with(&format!("{key}: ")) && e.contains(needle))
 }
 
 #[test]
@@ -42,15 +46,31 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.server.log_format, LogFormat::Human);
     assert_eq!(c.upstream.headplane_login, HeadplaneLogin::ApiKey);
     assert!(c.oidc.is_none() && c.headscale.is_none());
-    assert_eq!(c.store_path().to_str(), Some("/var/lib/headgate/headgate.redb"));
+    assert_eq!(
+        c.store_path().to_str(),
+        Some("/var/lib/headgate/headgate.redb")
+    );
 }
 
 #[test]
 fn unknown_keys_suggest_the_nearest_valid_key() {
-    let text = format!("{}cookie_secur = false\n[oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"x\"\nclient_secret = \"y\"\nclinet_id = \"z\"\n[sever]\n", minimal());
+    let text = format!(
+        "{}cookie_secur = false\n[oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"x\"\nclient_secret = \"y\"\nclinet_id = \"z\"\n[sever]\n",
+        minimal()
+    );
     let errs = errors(&text, &HashMap::new());
-    assert!(has(&errs, "server.cookie_secur", "did you mean `cookie_secure`?"), "{errs:#?}");
-    assert!(has(&errs, "oidc.clinet_id", "did you mean `client_id`?"), "{errs:#?}");
+    assert!(
+        has(
+            &errs,
+            "server.cookie_secur",
+            "did you mean `cookie_secure`?"
+        ),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "oidc.clinet_id", "did you mean `client_id`?"),
+        "{errs:#?}"
+    );
     assert!(has(&errs, "sever", "did you mean [server]?"), "{errs:#?}");
 }
 
@@ -94,20 +114,36 @@ token_endpoint_auth_method = "private_key_jwt"
         ("oidc.scope", "openid"),
         ("oidc.token_endpoint_auth_method", "client_secret_basic"),
     ] {
-        assert!(has(&errs, key, needle), "no error for {key} containing {needle:?} in {errs:#?}");
+        assert!(
+            has(&errs, key, needle),
+            "no error for {key} containing {needle:?} in {errs:#?}"
+        );
     }
     assert_eq!(errs.len(), 15, "exactly one error per problem: {errs:#?}");
 }
 
 #[test]
 fn base_url_must_be_an_absolute_http_origin() {
-    for bad in ["headplane.example.com", "ftp://example.com", "/admin", "https://", "https://u:p@example.com"] {
+    for bad in [
+        "headplane.example.com",
+        "ftp://example.com",
+        "/admin",
+        "https://",
+        "https://u:p@example.com",
+    ] {
         let text = format!("[server]\nbase_url = \"{bad}\"\ncookie_secret = \"{SECRET}\"\n");
         let errs = errors(&text, &HashMap::new());
-        assert!(errs.iter().all(|e| e.starts_with("server.base_url: ")), "{bad}: {errs:#?}");
+        assert!(
+            errs.iter().all(|e| e.starts_with("server.base_url: ")),
+            "{bad}: {errs:#?}"
+        );
         assert_eq!(errs.len(), 1, "{bad}: {errs:#?}");
     }
-    for good in ["https://hp.example.com", "http://127.0.0.1:4180", "https://hp.example.com/"] {
+    for good in [
+        "https://hp.example.com",
+        "http://127.0.0.1:4180",
+        "https://hp.example.com/",
+    ] {
         let text = format!("[server]\nbase_url = \"{good}\"\ncookie_secret = \"{SECRET}\"\n");
         parse(&text).unwrap_or_else(|e| panic!("{good}: {e}"));
     }
@@ -123,11 +159,22 @@ fn missing_server_section_and_secret() {
 
 #[test]
 fn cookie_secret_previous_is_accepted_and_checked() {
-    let ok = format!("{}cookie_secret_previous = \"{}\"\n", minimal(), "p".repeat(40));
+    let ok = format!(
+        "{}cookie_secret_previous = \"{}\"\n",
+        minimal(),
+        "p".repeat(40)
+    );
     let c = parse(&ok).unwrap();
-    assert_eq!(c.server.cookie_secret_previous.unwrap().expose(), "p".repeat(40));
+    assert_eq!(
+        c.server.cookie_secret_previous.unwrap().expose(),
+        "p".repeat(40)
+    );
     let short = format!("{}cookie_secret_previous = \"short\"\n", minimal());
-    assert!(has(&errors(&short, &HashMap::new()), "server.cookie_secret_previous", "at least 32"));
+    assert!(has(
+        &errors(&short, &HashMap::new()),
+        "server.cookie_secret_previous",
+        "at least 32"
+    ));
 }
 
 #[test]
@@ -153,7 +200,10 @@ fn environment_overrides_win_over_the_file() {
     let o = c.oidc.unwrap();
     assert_eq!(o.issuer, "https://env.example.com");
     assert_eq!(o.allowed_groups, vec!["admins", "ops"]);
-    assert_eq!(o.extra_params.get("prompt").map(String::as_str), Some("login"));
+    assert_eq!(
+        o.extra_params.get("prompt").map(String::as_str),
+        Some("login")
+    );
 }
 
 #[test]
@@ -166,13 +216,36 @@ fn environment_overrides_can_create_sections_and_are_validated() {
         ("HEADGATE_SERVER__COOKIE_SECUR", "true"),
     ]);
     let errs = errors("", &e);
-    assert!(has(&errs, "server.cookie_secure", "expected true or false"), "{errs:#?}");
-    assert!(has(&errs, "HEADGATE_SERVR__LISTEN", "did you mean HEADGATE_SERVER__"), "{errs:#?}");
-    assert!(has(&errs, "server.cookie_secur", "did you mean `cookie_secure`?"), "{errs:#?}");
+    assert!(
+        has(&errs, "server.cookie_secure", "expected true or false"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(
+            &errs,
+            "HEADGATE_SERVR__LISTEN",
+            "did you mean HEADGATE_SERVER__"
+        ),
+        "{errs:#?}"
+    );
+    assert!(
+        has(
+            &errs,
+            "server.cookie_secur",
+            "did you mean `cookie_secure`?"
+        ),
+        "{errs:#?}"
+    );
     assert_eq!(errs.len(), 3, "{errs:#?}");
     // Everything from the environment alone is a complete configuration.
-    let e = env(&[("HEADGATE_SERVER__BASE_URL", "https://hp.example.com"), ("HEADGATE_SERVER__COOKIE_SECRET", SECRET)]);
-    assert_eq!(Config::parse("t", "", &e).unwrap().server.base_url.as_str(), "https://hp.example.com/");
+    let e = env(&[
+        ("HEADGATE_SERVER__BASE_URL", "https://hp.example.com"),
+        ("HEADGATE_SERVER__COOKIE_SECRET", SECRET),
+    ]);
+    assert_eq!(
+        Config::parse("t", "", &e).unwrap().server.base_url.as_str(),
+        "https://hp.example.com/"
+    );
 }
 
 #[test]
@@ -196,8 +269,14 @@ client_secret_path = "${SECRETS}/client"
     let e = env(&[("SECRETS", dir.path().to_str().unwrap())]);
     let c = Config::parse("t", text, &e).unwrap();
     assert_eq!(c.server.cookie_secret.expose(), SECRET);
-    assert_eq!(c.headscale.unwrap().api_key.expose(), "hskey-api-abcdefghijkl-xyz");
-    assert_eq!(c.oidc.unwrap().client_secret.unwrap().expose(), "client-secret");
+    assert_eq!(
+        c.headscale.unwrap().api_key.expose(),
+        "hskey-api-abcdefghijkl-xyz"
+    );
+    assert_eq!(
+        c.oidc.unwrap().client_secret.unwrap().expose(),
+        "client-secret"
+    );
 }
 
 #[test]
@@ -221,19 +300,49 @@ client_secret_path = "/also/set"
         missing.display()
     );
     let errs = errors(&text, &HashMap::new());
-    assert!(has(&errs, "server.cookie_secret_path", "UNSET_VARIABLE_FOR_TEST is not set"), "{errs:#?}");
-    assert!(has(&errs, "headscale.api_key_path", &format!("cannot read {}", missing.display())), "{errs:#?}");
-    assert!(has(&errs, "oidc.client_secret_path", "both oidc.client_secret and oidc.client_secret_path are set"), "{errs:#?}");
+    assert!(
+        has(
+            &errs,
+            "server.cookie_secret_path",
+            "UNSET_VARIABLE_FOR_TEST is not set"
+        ),
+        "{errs:#?}"
+    );
+    assert!(
+        has(
+            &errs,
+            "headscale.api_key_path",
+            &format!("cannot read {}", missing.display())
+        ),
+        "{errs:#?}"
+    );
+    assert!(
+        has(
+            &errs,
+            "oidc.client_secret_path",
+            "both oidc.client_secret and oidc.client_secret_path are set"
+        ),
+        "{errs:#?}"
+    );
     assert_eq!(errs.len(), 3, "{errs:#?}");
 }
 
 #[test]
 fn secrets_never_show_in_debug_output_or_errors() {
-    let text = format!("{}[oidc]\nissuer = \"https://i.example.com\"\nclient_id = \"c\"\nclient_secret = \"TOPSECRET-CLIENT\"\n", minimal());
+    let text = format!(
+        "{}[oidc]\nissuer = \"https://i.example.com\"\nclient_id = \"c\"\nclient_secret = \"TOPSECRET-CLIENT\"\n",
+        minimal()
+    );
     let c = parse(&text).unwrap();
     let dbg = format!("{c:?}");
-    assert!(!dbg.contains(SECRET) && !dbg.contains("TOPSECRET-CLIENT"), "{dbg}");
-    let bad = format!("{}cookie_max_age = \"{SECRET}\"\n", minimal()).replace(&format!("cookie_secret = \"{SECRET}\""), "cookie_secret = \"short-secret-value\"");
+    assert!(
+        !dbg.contains(SECRET) && !dbg.contains("TOPSECRET-CLIENT"),
+        "{dbg}"
+    );
+    let bad = format!("{}cookie_max_age = \"{SECRET}\"\n", minimal()).replace(
+        &format!("cookie_secret = \"{SECRET}\""),
+        "cookie_secret = \"short-secret-value\"",
+    );
     let errs = errors(&bad, &HashMap::new()).join("\n");
     assert!(!errs.contains("short-secret-value"), "{errs}");
 }
@@ -241,31 +350,63 @@ fn secrets_never_show_in_debug_output_or_errors() {
 #[test]
 fn invalid_toml_names_the_line() {
     let errs = errors("[server]\nbase_url = = 1\n", &HashMap::new());
-    assert!(errs[0].contains("line 2") && errs[0].contains("not valid TOML"), "{errs:#?}");
+    assert!(
+        errs[0].contains("line 2") && errs[0].contains("not valid TOML"),
+        "{errs:#?}"
+    );
 }
 
 #[test]
 fn lookup_order_flag_then_env_then_defaults() {
     let e = env(&[("HEADGATE_CONFIG", "/from/env.toml")]);
-    assert_eq!(Config::locate(Some("/from/flag.toml".as_ref()), &e).unwrap().to_str(), Some("/from/flag.toml"));
-    assert_eq!(Config::locate(None, &e).unwrap().to_str(), Some("/from/env.toml"));
+    assert_eq!(
+        Config::locate(Some("/from/flag.toml".as_ref()), &e)
+            .unwrap()
+            .to_str(),
+        Some("/from/flag.toml")
+    );
+    assert_eq!(
+        Config::locate(None, &e).unwrap().to_str(),
+        Some("/from/env.toml")
+    );
     // With none of them (and no ./headgate.toml in the package root), the error lists where it looked.
-    if !std::path::Path::new("./headgate.toml").exists() && !std::path::Path::new("/etc/headgate/headgate.toml").exists() {
-        let err = Config::locate(None, &HashMap::new()).unwrap_err().to_string();
-        assert!(err.contains("--config") && err.contains("HEADGATE_CONFIG") && err.contains("/etc/headgate/headgate.toml"), "{err}");
+    if !std::path::Path::new("./headgate.toml").exists()
+        && !std::path::Path::new("/etc/headgate/headgate.toml").exists()
+    {
+        let err = Config::locate(None, &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--config")
+                && err.contains("HEADGATE_CONFIG")
+                && err.contains("/etc/headgate/headgate.toml"),
+            "{err}"
+        );
     }
 }
 
 #[test]
 fn open_door_defaults_are_warned() {
-    let text = format!("{}[oidc]\nissuer = \"https://i.example.com\"\nclient_id = \"c\"\nclient_secret = \"s\"\n", minimal());
+    let text = format!(
+        "{}[oidc]\nissuer = \"https://i.example.com\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+        minimal()
+    );
     let w = parse(&text).unwrap().warnings.join("\n");
     assert!(w.contains("oidc.allowed_email_domains"), "{w}");
     assert!(w.contains("server.initial_owner"), "{w}");
-    let text = text.replace("[oidc]", "initial_owner = \"a@example.com\"\n[oidc]\nallowed_email_domains = [\"example.com\"]");
+    let text = text.replace(
+        "[oidc]",
+        "initial_owner = \"a@example.com\"\n[oidc]\nallowed_email_domains = [\"example.com\"]",
+    );
     assert!(parse(&text).unwrap().warnings.is_empty());
     let plain = minimal().replace("https://hp.example.com", "http://hp.example.com");
-    assert!(parse(&plain).unwrap().warnings.join("\n").contains("server.cookie_secure"));
+    assert!(
+        parse(&plain)
+            .unwrap()
+            .warnings
+            .join("\n")
+            .contains("server.cookie_secure")
+    );
 }
 
 #[test]
@@ -284,15 +425,22 @@ fn the_example_loads_and_documents_every_key() {
             continue;
         }
         let l = l.strip_prefix("# ").unwrap_or(l);
-        if let Some((k, _)) = l.split_once(" = ") {
-            if !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-                documented.insert(format!("{section}.{k}"));
-            }
+        if let Some((k, _)) = l.split_once(" = ")
+            && !k.is_empty()
+            && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        {
+            documented.insert(format!("{section}.{k}"));
         }
     }
     let known: BTreeSet<String> = Config::known_keys().into_iter().collect();
     let undocumented: Vec<_> = known.difference(&documented).collect();
     let unknown: Vec<_> = documented.difference(&known).collect();
-    assert!(undocumented.is_empty(), "keys missing from the example: {undocumented:?}");
-    assert!(unknown.is_empty(), "keys in the example that headgate does not read: {unknown:?}");
+    assert!(
+        undocumented.is_empty(),
+        "keys missing from the example: {undocumented:?}"
+    );
+    assert!(
+        unknown.is_empty(),
+        "keys in the example that headgate does not read: {unknown:?}"
+    );
 }

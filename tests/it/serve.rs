@@ -19,24 +19,43 @@ async fn healthz_over_http1_and_cleartext_http2() {
     assert_eq!(r.version(), reqwest::Version::HTTP_11);
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["status"], "ok");
 
-    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     let r = h2.get(hg.url("/_headgate/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
-    assert!(hg.process.output().contains("listening on 127.0.0.1:"), "{}", hg.process.output());
+    assert!(
+        hg.process.output().contains("listening on 127.0.0.1:"),
+        "{}",
+        hg.process.output()
+    );
 }
 
 /// GET `path` over TLS trusting `ca_der`, offering `alpn`; returns (negotiated protocol, status, body).
-async fn tls_get(addr: std::net::SocketAddr, ca_der: Vec<u8>, alpn: &[u8], path: &str) -> (Vec<u8>, u16, String) {
+async fn tls_get(
+    addr: std::net::SocketAddr,
+    ca_der: Vec<u8>,
+    alpn: &[u8],
+    path: &str,
+) -> (Vec<u8>, u16, String) {
     headgate::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls_pki_types::CertificateDer::from(ca_der)).unwrap();
-    let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(ca_der))
+        .unwrap();
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     cfg.alpn_protocols = vec![alpn.to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = connector.connect(name, tcp).await.expect("TLS handshake with headgate");
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with headgate");
     let proto = tls.get_ref().1.alpn_protocol().unwrap_or_default().to_vec();
     let io = TokioIo::new(tls);
     let req = http::Request::builder()
@@ -45,7 +64,9 @@ async fn tls_get(addr: std::net::SocketAddr, ca_der: Vec<u8>, alpn: &[u8], path:
         .body(Empty::<Bytes>::new())
         .unwrap();
     let resp = if proto == b"h2" {
-        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
         tokio::spawn(conn);
         let mut req = req;
         req.headers_mut().remove("host");
@@ -79,8 +100,14 @@ async fn tls_with_h2_and_http1_by_alpn() {
     let (proto, status, _) = tls_get(hg.addr, der, b"http/1.1", "/_headgate/healthz").await;
     assert_eq!((proto.as_slice(), status), (&b"http/1.1"[..], 200));
     // Plain HTTP to a TLS listener gets no HTTP answer.
-    let plain = reqwest::Client::new().get(hg.url("/_headgate/healthz")).send().await;
-    assert!(plain.is_err(), "plain HTTP must not be served on the TLS port");
+    let plain = reqwest::Client::new()
+        .get(hg.url("/_headgate/healthz"))
+        .send()
+        .await;
+    assert!(
+        plain.is_err(),
+        "plain HTTP must not be served on the TLS port"
+    );
 }
 
 #[test]
@@ -100,7 +127,12 @@ fn bad_tls_files_are_refused_naming_the_key() {
 fn sigterm_stops_it_cleanly() {
     let mut hg = HeadgateConfig::new().start();
     hg.process.signal(15);
-    assert_eq!(hg.process.wait_exit(Duration::from_secs(10)), Some(0), "{}", hg.process.output());
+    assert_eq!(
+        hg.process.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        hg.process.output()
+    );
     assert!(hg.process.output().contains("SIGTERM received"));
 }
 
@@ -112,7 +144,11 @@ fn invalid_configuration_lists_every_problem_and_exits_2() {
         .section("[oidc]\nclient_id = \"x\"\nclient_secret = \"y\"");
     let (code, _, err) = cfg.run(&["serve"]);
     assert_eq!(code, 2, "{err}");
-    for needle in ["server.cookie_secret: ", "server.cookie_secur: unknown key: did you mean `cookie_secure`?", "oidc.issuer: missing"] {
+    for needle in [
+        "server.cookie_secret: ",
+        "server.cookie_secur: unknown key: did you mean `cookie_secure`?",
+        "oidc.issuer: missing",
+    ] {
         assert!(err.contains(needle), "{needle:?} not in {err}");
     }
 }
@@ -123,7 +159,10 @@ fn data_directory_is_created_private_and_unsafe_ones_are_refused() {
     // Created 0700 when missing.
     let mut hg = HeadgateConfig::new().start();
     let data = hg.config.data_path();
-    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
     assert!(data.join("headgate.redb").is_file());
     hg.process.kill();
 
@@ -133,7 +172,24 @@ fn data_directory_is_created_private_and_unsafe_ones_are_refused() {
     std::fs::set_permissions(cfg.data_path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let (code, _, err) = cfg.run(&["serve"]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("server.data_path") && err.contains("chmod 700"), "{err}");
+    assert!(
+        err.contains("server.data_path") && err.contains("chmod 700"),
+        "{err}"
+    );
+
+    // A store file others can read: refused.
+    let cfg = HeadgateConfig::new();
+    std::fs::create_dir(cfg.data_path()).unwrap();
+    std::fs::set_permissions(cfg.data_path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let store = cfg.data_path().join("headgate.redb");
+    headgate::store::Store::open_redb(&store, 1 << 20).unwrap();
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = cfg.run(&["serve"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("headgate.redb is accessible by group or others") && err.contains("chmod 600"),
+        "{err}"
+    );
 
     // A regular file: refused.
     let cfg = HeadgateConfig::new();
@@ -151,5 +207,9 @@ fn a_second_process_on_the_same_store_fails_at_once() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("another headgate process is using"), "{err}");
     assert!(err.contains("headgate.redb"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
 }

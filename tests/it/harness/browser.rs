@@ -52,12 +52,18 @@ impl Page {
 
     /// The first value of header `name`.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     }
 
     /// Every value of header `name`.
     pub fn headers_all(&self, name: &str) -> Vec<String> {
-        self.headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect()
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
     }
 
     /// The raw `Set-Cookie` headers.
@@ -72,7 +78,11 @@ impl Page {
     /// `Location`, resolved against the page URL.
     pub fn location(&self) -> Option<Url> {
         let l = self.header("location")?;
-        Some(self.url.join(&l).unwrap_or_else(|e| panic!("bad Location {l:?} from {}: {e}", self.url)))
+        Some(
+            self.url
+                .join(&l)
+                .unwrap_or_else(|e| panic!("bad Location {l:?} from {}: {e}", self.url)),
+        )
     }
 
     pub fn text(&self) -> &str {
@@ -80,8 +90,12 @@ impl Page {
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("{} {} answered no JSON ({e}): {}", self.method, self.url, self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} {} answered no JSON ({e}): {}",
+                self.method, self.url, self.body
+            )
+        })
     }
 
     /// The forms on the page.
@@ -123,14 +137,19 @@ impl Form {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The button whose name, value or label is `what`.
     pub fn button(&self, what: &str) -> Option<(Option<String>, Option<String>)> {
         self.buttons
             .iter()
-            .find(|(n, v, l)| n.as_deref() == Some(what) || v.as_deref() == Some(what) || l.trim() == what)
+            .find(|(n, v, l)| {
+                n.as_deref() == Some(what) || v.as_deref() == Some(what) || l.trim() == what
+            })
             .map(|(n, v, _)| (n.clone(), v.clone()))
     }
 }
@@ -188,18 +207,24 @@ impl Browser {
 
     /// Type `url` in the address bar (no redirect followed).
     pub async fn get(&self, url: impl AsRef<str>) -> Page {
-        self.request(Method::GET, url.as_ref(), None, &[], None).await
+        self.request(Method::GET, url.as_ref(), None, &[], None)
+            .await
     }
 
     /// `get` with extra request headers.
     pub async fn get_with(&self, url: impl AsRef<str>, headers: &[(&str, &str)]) -> Page {
-        self.request(Method::GET, url.as_ref(), None, headers, None).await
+        self.request(Method::GET, url.as_ref(), None, headers, None)
+            .await
     }
 
     /// Post a form (`application/x-www-form-urlencoded`) as a same-origin page would (no redirect followed).
     pub async fn post_form(&self, url: impl AsRef<str>, fields: &[(&str, &str)]) -> Page {
-        let f: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        self.request(Method::POST, url.as_ref(), Some(f), &[], None).await
+        let f: Vec<(String, String)> = fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.request(Method::POST, url.as_ref(), Some(f), &[], None)
+            .await
     }
 
     /// `get` then [`Browser::follow`].
@@ -232,19 +257,25 @@ impl Browser {
 
     /// Request the `Location` of one redirect (method kept for 307/308, GET otherwise).
     pub async fn follow_once(&self, page: &Page) -> Page {
-        let target = page.location().unwrap_or_else(|| panic!("{} {} is not a redirect", page.status, page.url));
+        let target = page
+            .location()
+            .unwrap_or_else(|| panic!("{} {} is not a redirect", page.status, page.url));
         let (method, form) = match page.status {
             307 | 308 => (page.method.clone(), page.form.clone()),
             _ => (Method::GET, None),
         };
-        self.request(method, target.as_str(), form, &[], Some(&page.url)).await
+        self.request(method, target.as_str(), form, &[], Some(&page.url))
+            .await
     }
 
     /// Submit `form` of `page` with `button` (None: the default button, as pressing Enter).
     pub async fn submit(&self, page: &Page, form: &Form, button: Option<&str>) -> Page {
         let mut fields = form.fields.clone();
         let chosen = match button {
-            Some(b) => Some(form.button(b).unwrap_or_else(|| panic!("no button {b:?} in form {form:?}"))),
+            Some(b) => Some(
+                form.button(b)
+                    .unwrap_or_else(|| panic!("no button {b:?} in form {form:?}")),
+            ),
             None => form.buttons.first().map(|(n, v, _)| (n.clone(), v.clone())),
         };
         if let Some((Some(n), v)) = chosen {
@@ -253,9 +284,17 @@ impl Browser {
         if form.method == Method::GET {
             let mut u = form.action.clone();
             u.query_pairs_mut().clear().extend_pairs(fields.iter());
-            self.request(Method::GET, u.as_str(), None, &[], Some(&page.url)).await
+            self.request(Method::GET, u.as_str(), None, &[], Some(&page.url))
+                .await
         } else {
-            self.request(Method::POST, form.action.as_str(), Some(fields), &[], Some(&page.url)).await
+            self.request(
+                Method::POST,
+                form.action.as_str(),
+                Some(fields),
+                &[],
+                Some(&page.url),
+            )
+            .await
         }
     }
 
@@ -269,7 +308,10 @@ impl Browser {
         headers: &[(&str, &str)],
         initiator: Option<&Url>,
     ) -> Page {
-        match self.try_request(method.clone(), url, form, headers, initiator).await {
+        match self
+            .try_request(method.clone(), url, form, headers, initiator)
+            .await
+        {
             Ok(p) => p,
             Err(e) => panic!("{method} {url} failed: {e}"),
         }
@@ -296,7 +338,10 @@ impl Browser {
         }
         if method != Method::GET && method != Method::HEAD {
             let origin = initiator.unwrap_or(&url).origin().ascii_serialization();
-            if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("origin")) {
+            if !headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("origin"))
+            {
                 req = req.header("origin", origin);
             }
         }
@@ -304,8 +349,12 @@ impl Browser {
             req = req.header(*n, *v);
         }
         if let Some(f) = &form {
-            let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(f.iter()).finish();
-            req = req.header("content-type", "application/x-www-form-urlencoded").body(body);
+            let body = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(f.iter())
+                .finish();
+            req = req
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body);
         }
         let resp = req.send().await?;
         let status = resp.status().as_u16();
@@ -314,7 +363,14 @@ impl Browser {
             self.store_cookie(&url, &String::from_utf8_lossy(sc.as_bytes()));
         }
         let body = resp.text().await?;
-        Ok(Page { url, method, status, headers: resp_headers, body, form })
+        Ok(Page {
+            url,
+            method,
+            status,
+            headers: resp_headers,
+            body,
+            form,
+        })
     }
 
     // ---- the IdP's pages -----------------------------------------------------------------------------------------
@@ -331,18 +387,29 @@ impl Browser {
     }
 
     /// [`Browser::idp_login`] that returns the reason instead of panicking (e.g. "the IdP refused the login").
-    pub async fn try_idp_login(&self, start_url: &str, login: &str, password: &str) -> Result<Url, String> {
+    pub async fn try_idp_login(
+        &self,
+        start_url: &str,
+        login: &str,
+        password: &str,
+    ) -> Result<Url, String> {
         let mut redirect_uri: Option<Url> = None;
         let mut idp_origin: Option<url::Origin> = None;
-        let notice = |u: &Url, redirect_uri: &mut Option<Url>, idp_origin: &mut Option<url::Origin>| {
-            let q: Vec<(String, String)> = u.query_pairs().into_owned().collect();
-            let has = |k: &str| q.iter().any(|(n, _)| n == k);
-            if has("client_id") && has("redirect_uri") && has("response_type") {
-                let r = q.iter().find(|(n, _)| n == "redirect_uri").unwrap().1.clone();
-                *redirect_uri = Url::parse(&r).ok();
-                *idp_origin = Some(u.origin());
-            }
-        };
+        let notice =
+            |u: &Url, redirect_uri: &mut Option<Url>, idp_origin: &mut Option<url::Origin>| {
+                let q: Vec<(String, String)> = u.query_pairs().into_owned().collect();
+                let has = |k: &str| q.iter().any(|(n, _)| n == k);
+                if has("client_id") && has("redirect_uri") && has("response_type") {
+                    let r = q
+                        .iter()
+                        .find(|(n, _)| n == "redirect_uri")
+                        .unwrap()
+                        .1
+                        .clone();
+                    *redirect_uri = Url::parse(&r).ok();
+                    *idp_origin = Some(u.origin());
+                }
+            };
         let start = Url::parse(start_url).map_err(|e| format!("not a URL {start_url:?}: {e}"))?;
         notice(&start, &mut redirect_uri, &mut idp_origin);
         let mut page = self.get(start_url).await;
@@ -366,7 +433,13 @@ impl Browser {
                 continue;
             }
             if page.status != 200 {
-                return Err(format!("{} {} answered {}: {}", page.method, page.url, page.status, excerpt(&page)));
+                return Err(format!(
+                    "{} {} answered {}: {}",
+                    page.method,
+                    page.url,
+                    page.status,
+                    excerpt(&page)
+                ));
             }
             let forms = page.forms();
             if let Some(form) = forms.iter().find(|f| !f.password_fields.is_empty()) {
@@ -395,9 +468,17 @@ impl Browser {
                 page = self.submit(&page, &form.clone(), button).await;
                 continue;
             }
-            return Err(format!("{} {} shows no form to go on with: {}", page.method, page.url, excerpt(&page)));
+            return Err(format!(
+                "{} {} shows no form to go on with: {}",
+                page.method,
+                page.url,
+                excerpt(&page)
+            ));
         }
-        Err(format!("too many steps at the IdP; last page {} {}", page.status, page.url))
+        Err(format!(
+            "too many steps at the IdP; last page {} {}",
+            page.status, page.url
+        ))
     }
 
     /// Sign out at the IdP: from `start_url` (an end-session URL, or anything that redirects to one), follow
@@ -417,16 +498,32 @@ impl Browser {
                 page = self.follow_once(&page).await;
                 continue;
             }
-            assert_eq!(page.status, 200, "{} {} answered {}: {}", page.method, page.url, page.status, excerpt(&page));
+            assert_eq!(
+                page.status,
+                200,
+                "{} {} answered {}: {}",
+                page.method,
+                page.url,
+                page.status,
+                excerpt(&page)
+            );
             let forms = page.forms();
             let Some(form) = forms.iter().find(|f| f.button("logout").is_some()) else {
-                assert!(idp_origin.is_some(), "no sign-out form at {}: {}", page.url, excerpt(&page));
+                assert!(
+                    idp_origin.is_some(),
+                    "no sign-out form at {}: {}",
+                    page.url,
+                    excerpt(&page)
+                );
                 return page.url;
             };
             idp_origin = Some(page.url.origin());
             page = self.submit(&page, &form.clone(), Some("logout")).await;
         }
-        panic!("too many steps while signing out at the IdP; last page {} {}", page.status, page.url);
+        panic!(
+            "too many steps while signing out at the IdP; last page {} {}",
+            page.status, page.url
+        );
     }
 
     // ---- the jar -------------------------------------------------------------------------------------------------
@@ -434,13 +531,22 @@ impl Browser {
     /// The value of cookie `name` that would be sent to `url` (ignoring SameSite).
     pub fn cookie(&self, url: &str, name: &str) -> Option<String> {
         let url = Url::parse(url).unwrap();
-        self.matching(&url, &Method::GET, false).into_iter().find(|c| c.name == name).map(|c| c.value)
+        self.matching(&url, &Method::GET, false)
+            .into_iter()
+            .find(|c| c.name == name)
+            .map(|c| c.value)
     }
 
     /// Every live cookie in the jar.
     pub fn cookies(&self) -> Vec<Cookie> {
         let now = SystemTime::now();
-        self.jar.lock().unwrap().iter().filter(|c| c.expires.is_none_or(|e| e > now)).cloned().collect()
+        self.jar
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.expires.is_none_or(|e| e > now))
+            .cloned()
+            .collect()
     }
 
     /// Cookies refused when they were set, with the reason (e.g. `Secure` over plain http).
@@ -456,7 +562,9 @@ impl Browser {
     /// Put a cookie in the jar as is (e.g. a tampered value).
     pub fn insert_cookie(&self, cookie: Cookie) {
         let mut jar = self.jar.lock().unwrap();
-        jar.retain(|c| !(c.name == cookie.name && c.domain == cookie.domain && c.path == cookie.path));
+        jar.retain(|c| {
+            !(c.name == cookie.name && c.domain == cookie.domain && c.path == cookie.path)
+        });
         jar.push(cookie);
     }
 
@@ -485,13 +593,26 @@ impl Browser {
         jar.retain(|c| c.expires.is_none_or(|e| e > now));
         let mut v: Vec<Cookie> = jar
             .iter()
-            .filter(|c| if c.host_only { host == c.domain } else { domain_match(&host, &c.domain) })
+            .filter(|c| {
+                if c.host_only {
+                    host == c.domain
+                } else {
+                    domain_match(&host, &c.domain)
+                }
+            })
             .filter(|c| path_match(url.path(), &c.path))
             .filter(|c| !c.secure || secure)
-            .filter(|c| match c.same_site.as_deref().map(str::to_ascii_lowercase).as_deref() {
-                Some("strict") => !cross_site,
-                Some("lax") => !cross_site || *method == Method::GET || *method == Method::HEAD,
-                _ => true,
+            .filter(|c| {
+                match c
+                    .same_site
+                    .as_deref()
+                    .map(str::to_ascii_lowercase)
+                    .as_deref()
+                {
+                    Some("strict") => !cross_site,
+                    Some("lax") => !cross_site || *method == Method::GET || *method == Method::HEAD,
+                    _ => true,
+                }
             })
             .cloned()
             .collect();
@@ -508,7 +629,12 @@ impl Browser {
     }
 
     fn store_cookie(&self, url: &Url, raw: &str) {
-        let reject = |why: &str| self.rejected.lock().unwrap().push((raw.to_string(), why.to_string()));
+        let reject = |why: &str| {
+            self.rejected
+                .lock()
+                .unwrap()
+                .push((raw.to_string(), why.to_string()))
+        };
         let mut parts = raw.split(';');
         let nv = parts.next().unwrap_or("");
         let Some((name, value)) = nv.split_once('=') else {
@@ -602,7 +728,8 @@ fn domain_match(host: &str, domain: &str) -> bool {
 
 fn path_match(req: &str, cookie: &str) -> bool {
     req == cookie
-        || (req.starts_with(cookie) && (cookie.ends_with('/') || req.as_bytes().get(cookie.len()) == Some(&b'/')))
+        || (req.starts_with(cookie)
+            && (cookie.ends_with('/') || req.as_bytes().get(cookie.len()) == Some(&b'/')))
 }
 
 fn default_path(url: &Url) -> String {
@@ -626,7 +753,14 @@ fn parse_http_date(s: &str) -> Option<SystemTime> {
 fn excerpt(page: &Page) -> String {
     let t = page.visible_text();
     let t = t.split_whitespace().collect::<Vec<_>>().join(" ");
-    if t.len() > 600 { format!("{}…", &t[..t.char_indices().nth(600).map(|(i, _)| i).unwrap_or(t.len())]) } else { t }
+    if t.len() > 600 {
+        format!(
+            "{}…",
+            &t[..t.char_indices().nth(600).map(|(i, _)| i).unwrap_or(t.len())]
+        )
+    } else {
+        t
+    }
 }
 
 // ---- HTML, read by hand --------------------------------------------------------------------------------------
@@ -640,7 +774,10 @@ struct Tag {
 
 impl Tag {
     fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.attrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
     fn has(&self, name: &str) -> bool {
         self.attrs.iter().any(|(n, _)| n == name)
@@ -717,12 +854,24 @@ fn tags(html: &str) -> Vec<Tag> {
         }
         let end = i.min(b.len());
         if !name.is_empty() {
-            out.push(Tag { name, attrs, start, end });
+            out.push(Tag {
+                name,
+                attrs,
+                start,
+                end,
+            });
         }
         // Skip script and style contents.
-        if out.last().is_some_and(|t| t.name == "script" || t.name == "style") {
+        if out
+            .last()
+            .is_some_and(|t| t.name == "script" || t.name == "style")
+        {
             let close = format!("</{}", out.last().unwrap().name);
-            i = html[i.min(b.len())..].to_ascii_lowercase().find(&close).map(|j| i + j).unwrap_or(b.len());
+            i = html[i.min(b.len())..]
+                .to_ascii_lowercase()
+                .find(&close)
+                .map(|j| i + j)
+                .unwrap_or(b.len());
         }
     }
     out
@@ -751,7 +900,9 @@ fn decode_entities(s: &str) -> String {
             "apos" => Some('\''),
             "nbsp" => Some('\u{a0}'),
             _ if ent.starts_with("#x") || ent.starts_with("#X") => {
-                u32::from_str_radix(&ent[2..], 16).ok().and_then(char::from_u32)
+                u32::from_str_radix(&ent[2..], 16)
+                    .ok()
+                    .and_then(char::from_u32)
             }
             _ if ent.starts_with('#') => ent[1..].parse::<u32>().ok().and_then(char::from_u32),
             _ => None,
@@ -782,7 +933,11 @@ fn visible_text(html: &str) -> String {
         last = last.max(t.end);
         if t.name == "script" || t.name == "style" {
             let close = format!("</{}", t.name);
-            last = html[t.end..].to_ascii_lowercase().find(&close).map(|j| t.end + j).unwrap_or(html.len());
+            last = html[t.end..]
+                .to_ascii_lowercase()
+                .find(&close)
+                .map(|j| t.end + j)
+                .unwrap_or(html.len());
         }
     }
     if last < html.len() {
@@ -802,7 +957,10 @@ fn parse_forms(html: &str, base: &Url) -> Vec<Form> {
                 .filter(|a| !a.is_empty())
                 .map(|a| base.join(a).unwrap())
                 .unwrap_or_else(|| base.clone());
-            let method = if t.attr("method").is_some_and(|m| m.eq_ignore_ascii_case("post")) {
+            let method = if t
+                .attr("method")
+                .is_some_and(|m| m.eq_ignore_ascii_case("post"))
+            {
                 Method::POST
             } else {
                 Method::GET
@@ -834,7 +992,9 @@ fn parse_forms(html: &str, base: &Url) -> Vec<Form> {
         }
         // Owner: the form named by `form=`, else the enclosing one.
         let owner = match t.attr("form") {
-            Some(id) => forms.iter().position(|(f, _, _)| f.id.as_deref() == Some(id)),
+            Some(id) => forms
+                .iter()
+                .position(|(f, _, _)| f.id.as_deref() == Some(id)),
             None => forms.iter().position(|(_, s, e)| idx > *s && idx < *e),
         };
         let Some(owner) = owner else { continue };
@@ -848,15 +1008,23 @@ fn parse_forms(html: &str, base: &Url) -> Vec<Form> {
             let ty = t.attr("type").unwrap_or("submit").to_ascii_lowercase();
             if ty == "submit" {
                 // The label: text up to </button>.
-                let label_end = tags[idx + 1..].iter().find(|x| x.name == "/button").map(|x| x.start).unwrap_or(t.end);
-                let label = visible_text(&html[t.end..label_end.max(t.end)]).trim().to_string();
+                let label_end = tags[idx + 1..]
+                    .iter()
+                    .find(|x| x.name == "/button")
+                    .map(|x| x.start)
+                    .unwrap_or(t.end);
+                let label = visible_text(&html[t.end..label_end.max(t.end)])
+                    .trim()
+                    .to_string();
                 form.buttons.push((name, value, label));
             }
             continue;
         }
         let ty = t.attr("type").unwrap_or("text").to_ascii_lowercase();
         match ty.as_str() {
-            "submit" => form.buttons.push((name, value.clone(), value.unwrap_or_default())),
+            "submit" => form
+                .buttons
+                .push((name, value.clone(), value.unwrap_or_default())),
             "image" | "reset" | "button" | "file" => {}
             "checkbox" | "radio" => {
                 if let Some(n) = name

@@ -60,11 +60,18 @@ impl EchoRequest {
     }
     /// The first value of a header (name compared case-insensitively).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     /// Every value of a header, in order.
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
     pub fn has_header(&self, name: &str) -> bool {
         self.header(name).is_some()
@@ -98,7 +105,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn status(status: u16) -> Reply {
-        Reply { status, headers: Vec::new(), body: None }
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: None,
+        }
     }
     pub fn header(mut self, name: &str, value: &str) -> Reply {
         self.headers.push((name.into(), value.into()));
@@ -157,12 +168,20 @@ impl EchoBuilder {
             std::thread::Builder::new()
                 .name(format!("echo-{}", addr.port()))
                 .spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
                     rt.block_on(accept_loop(listener, shared, stop_rx));
                 })
                 .unwrap()
         };
-        Echo { addr, shared, stop: Some(stop_tx), thread: Some(thread) }
+        Echo {
+            addr,
+            shared,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
     }
 }
 
@@ -183,8 +202,17 @@ impl Drop for Echo {
             let _ = t.join();
         }
         if std::thread::panicking() {
-            let log = self.shared.log.lock().map(|l| l.clone()).unwrap_or_default();
-            eprintln!("----- echo upstream {} received {} request(s) -----", self.addr, log.len());
+            let log = self
+                .shared
+                .log
+                .lock()
+                .map(|l| l.clone())
+                .unwrap_or_default();
+            eprintln!(
+                "----- echo upstream {} received {} request(s) -----",
+                self.addr,
+                log.len()
+            );
             for r in log {
                 eprintln!("{} {} {}", r.method, r.uri, r.version);
             }
@@ -195,7 +223,12 @@ impl Drop for Echo {
 
 impl Echo {
     pub fn builder() -> EchoBuilder {
-        EchoBuilder { config: Config { delay: Duration::ZERO, replies: Vec::new() } }
+        EchoBuilder {
+            config: Config {
+                delay: Duration::ZERO,
+                replies: Vec::new(),
+            },
+        }
     }
 
     pub fn start() -> Echo {
@@ -244,7 +277,12 @@ impl Echo {
         self.shared.config.lock().unwrap().delay = d;
     }
     pub fn set_reply(&self, path: &str, reply: Reply) {
-        self.shared.config.lock().unwrap().replies.push((path.into(), reply));
+        self.shared
+            .config
+            .lock()
+            .unwrap()
+            .replies
+            .push((path.into(), reply));
     }
     pub fn clear_replies(&self) {
         self.shared.config.lock().unwrap().replies.clear();
@@ -297,7 +335,11 @@ struct Recording {
 }
 
 impl AsyncRead for Recording {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &r {
@@ -311,7 +353,11 @@ impl AsyncRead for Recording {
 }
 
 impl AsyncWrite for Recording {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -334,7 +380,10 @@ impl AsyncWrite for Recording {
 
 async fn serve_conn(stream: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let raw = Arc::new(Mutex::new(Raw::default()));
-    let io = TokioIo::new(Recording { inner: stream, raw: raw.clone() });
+    let io = TokioIo::new(Recording {
+        inner: stream,
+        raw: raw.clone(),
+    });
     let svc = hyper::service::service_fn(move |req| handle(req, peer, shared.clone(), raw.clone()));
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let _ = builder.serve_connection_with_upgrades(io, svc).await;
@@ -347,7 +396,9 @@ type Head = (String, String, Vec<(String, String)>, usize);
 fn parse_head(buf: &[u8]) -> Option<Head> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let head = &buf[..end - 4];
-    let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let request_line = String::from_utf8_lossy(lines.next()?).into_owned();
     let mut parts = request_line.splitn(3, ' ');
     let (method, target) = (parts.next()?.to_string(), parts.next()?.to_string());
@@ -355,7 +406,9 @@ fn parse_head(buf: &[u8]) -> Option<Head> {
     for line in lines {
         let i = line.iter().position(|&b| b == b':')?;
         let name = String::from_utf8_lossy(&line[..i]).into_owned();
-        let value = String::from_utf8_lossy(&line[i + 1..]).trim_matches([' ', '\t']).to_string();
+        let value = String::from_utf8_lossy(&line[i + 1..])
+            .trim_matches([' ', '\t'])
+            .to_string();
         headers.push((name, value));
     }
     Some((method, target, headers, end))
@@ -388,7 +441,11 @@ fn chunked_len(buf: &[u8]) -> Option<usize> {
 }
 
 /// What the echo knows about a request before reading its body.
-fn describe(parts: &http::request::Parts, peer: SocketAddr, raw: &Mutex<Raw>) -> (EchoRequest, Option<usize>) {
+fn describe(
+    parts: &http::request::Parts,
+    peer: SocketAddr,
+    raw: &Mutex<Raw>,
+) -> (EchoRequest, Option<usize>) {
     let version = match parts.version {
         http::Version::HTTP_09 => "HTTP/0.9",
         http::Version::HTTP_10 => "HTTP/1.0",
@@ -401,12 +458,21 @@ fn describe(parts: &http::request::Parts, peer: SocketAddr, raw: &Mutex<Raw>) ->
         parts
             .headers
             .iter()
-            .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect()
     };
     let mut req = EchoRequest {
         method: parts.method.to_string(),
-        uri: parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into()),
+        uri: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into()),
         version: version.into(),
         authority: parts.uri.authority().map(|a| a.to_string()),
         remote_addr: peer,
@@ -466,15 +532,30 @@ async fn handle(
             .get(http::header::UPGRADE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let upgrade = if is_ws { Some(hyper::upgrade::on(&mut req)) } else { None };
+    let upgrade = if is_ws {
+        Some(hyper::upgrade::on(&mut req))
+    } else {
+        None
+    };
     let (parts, body) = req.into_parts();
     let (mut echo_req, head_end) = describe(&parts, peer, &raw);
-    let body = if is_ws { Bytes::new() } else { body.collect().await.map(|b| b.to_bytes()).unwrap_or_default() };
+    let body = if is_ws {
+        Bytes::new()
+    } else {
+        body.collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default()
+    };
     if let (Some(h), false) = (head_end, is_ws) {
         advance(&raw, h, &echo_req.headers, body.len());
     }
     echo_req.body = body.to_vec();
-    shared.log.lock().unwrap_or_else(|e| e.into_inner()).push(echo_req.clone());
+    shared
+        .log
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(echo_req.clone());
 
     let (delay, reply) = {
         let cfg = shared.config.lock().unwrap();
@@ -496,7 +577,10 @@ async fn handle(
 
     if let Some(reply) = reply {
         let mut resp = Response::builder().status(reply.status);
-        let has_ct = reply.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
+        let has_ct = reply
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
         for (n, v) in &reply.headers {
             resp = resp.header(n.as_str(), v.as_str());
         }
@@ -513,7 +597,11 @@ async fn handle(
     }
 
     if let Some(upgrade) = upgrade {
-        let key = parts.headers.get("sec-websocket-key").map(|v| v.as_bytes().to_vec()).unwrap_or_default();
+        let key = parts
+            .headers
+            .get("sec-websocket-key")
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default();
         let shared = shared.clone();
         tokio::spawn(async move {
             if let Ok(upgraded) = upgrade.await {
@@ -574,7 +662,10 @@ struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
 impl hyper::body::Body for ChannelBody {
     type Data = Bytes;
     type Error = Infallible;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
     }
 }
@@ -647,7 +738,11 @@ pub async fn read_ws_frame<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<(
 }
 
 /// Write one frame with first byte `b0`, unmasked (as a server does).
-pub async fn write_ws_frame<S: AsyncWrite + Unpin>(s: &mut S, b0: u8, payload: &[u8]) -> std::io::Result<()> {
+pub async fn write_ws_frame<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    b0: u8,
+    payload: &[u8],
+) -> std::io::Result<()> {
     s.write_all(&ws_frame(b0, payload, None)).await?;
     s.flush().await
 }
@@ -703,7 +798,12 @@ pub fn sha1(data: &[u8]) -> [u8; 20] {
                 40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1BBCDC),
                 _ => (b ^ c ^ d, 0xCA62C1D6),
             };
-            let t = a.rotate_left(5).wrapping_add(f).wrapping_add(e).wrapping_add(k).wrapping_add(*wi);
+            let t = a
+                .rotate_left(5)
+                .wrapping_add(f)
+                .wrapping_add(e)
+                .wrapping_add(k)
+                .wrapping_add(*wi);
             e = d;
             d = c;
             c = b.rotate_left(30);

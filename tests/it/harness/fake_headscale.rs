@@ -298,8 +298,13 @@ impl FakeHeadscaleBuilder {
             std::thread::Builder::new()
                 .name(format!("fake-headscale-{}", addr.port()))
                 .spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                    rt.block_on(accept_loop(listener, addr, shared, down_rx, stop_rx, listening));
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(accept_loop(
+                        listener, addr, shared, down_rx, stop_rx, listening,
+                    ));
                 })
                 .unwrap()
         };
@@ -342,7 +347,11 @@ impl Drop for FakeHeadscale {
             let _ = t.join();
         }
         if std::thread::panicking() {
-            let calls = self.state.lock().map(|s| s.calls.clone()).unwrap_or_default();
+            let calls = self
+                .state
+                .lock()
+                .map(|s| s.calls.clone())
+                .unwrap_or_default();
             eprintln!("----- fake headscale {} received -----", self.addr);
             for c in calls {
                 eprintln!("{c}");
@@ -354,7 +363,11 @@ impl Drop for FakeHeadscale {
 
 impl FakeHeadscale {
     pub fn builder() -> FakeHeadscaleBuilder {
-        FakeHeadscaleBuilder { opts: Options::default(), admin_key: true, examples: false }
+        FakeHeadscaleBuilder {
+            opts: Options::default(),
+            admin_key: true,
+            examples: false,
+        }
     }
 
     /// A fake with default options and an admin key.
@@ -373,7 +386,10 @@ impl FakeHeadscale {
 
     /// The API key created at start (valid for 90 days); panics with `without_admin_key()`.
     pub fn admin_key(&self) -> String {
-        assert!(!self.admin_key.is_empty(), "this fake Headscale was built without an admin key");
+        assert!(
+            !self.admin_key.is_empty(),
+            "this fake Headscale was built without an admin key"
+        );
         self.admin_key.clone()
     }
 
@@ -419,7 +435,10 @@ impl FakeHeadscale {
     /// Change a user in place. Panics for an unknown id.
     pub fn edit_user(&self, id: u64, f: impl FnOnce(&mut User)) {
         let mut st = self.st();
-        let u = st.users.get_mut(&id).unwrap_or_else(|| panic!("fake headscale: no user {id}"));
+        let u = st
+            .users
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("fake headscale: no user {id}"));
         f(u);
         u.id = id;
     }
@@ -428,7 +447,10 @@ impl FakeHeadscale {
     /// `createdAt`. Returns the new `createdAt`. Use [`edit_user`](Self::edit_user) for other changes.
     pub fn recreate_user(&self, id: u64) -> OffsetDateTime {
         let mut st = self.st();
-        let u = st.users.get_mut(&id).unwrap_or_else(|| panic!("fake headscale: no user {id}"));
+        let u = st
+            .users
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("fake headscale: no user {id}"));
         let mut t = now();
         if t <= u.created_at {
             t = u.created_at + time::Duration::seconds(1);
@@ -441,7 +463,8 @@ impl FakeHeadscale {
     pub fn remove_user(&self, id: u64) {
         let mut st = self.st();
         st.users.remove(&id);
-        st.nodes.retain(|_, n| n.user_id != Some(id) || n.is_tagged());
+        st.nodes
+            .retain(|_, n| n.user_id != Some(id) || n.is_tagged());
         st.preauth_keys.retain(|_, k| k.user_id != Some(id));
     }
 
@@ -459,20 +482,38 @@ impl FakeHeadscale {
     pub fn add_node(&self, user_id: u64, name: &str) -> u64 {
         let oidc = {
             let st = self.st();
-            let u = st.users.get(&user_id).unwrap_or_else(|| panic!("fake headscale: no user {user_id}"));
+            let u = st
+                .users
+                .get(&user_id)
+                .unwrap_or_else(|| panic!("fake headscale: no user {user_id}"));
             u.provider == "oidc"
         };
-        let method = if oidc { "REGISTER_METHOD_OIDC" } else { "REGISTER_METHOD_CLI" };
+        let method = if oidc {
+            "REGISTER_METHOD_OIDC"
+        } else {
+            "REGISTER_METHOD_CLI"
+        };
         self.insert_node(Some(user_id), name, method, Vec::new())
     }
 
     /// A node owned by tags only (listed under `tagged-devices`, `"user": null` in `GET /node/{id}`).
     pub fn add_tagged_node(&self, name: &str, tags: &[&str]) -> u64 {
         assert!(!tags.is_empty(), "a tagged node needs at least one tag");
-        self.insert_node(None, name, "REGISTER_METHOD_AUTH_KEY", tags.iter().map(|t| t.to_string()).collect())
+        self.insert_node(
+            None,
+            name,
+            "REGISTER_METHOD_AUTH_KEY",
+            tags.iter().map(|t| t.to_string()).collect(),
+        )
     }
 
-    fn insert_node(&self, user_id: Option<u64>, name: &str, method: &str, tags: Vec<String>) -> u64 {
+    fn insert_node(
+        &self,
+        user_id: Option<u64>,
+        name: &str,
+        method: &str,
+        tags: Vec<String>,
+    ) -> u64 {
         let mut st = self.st();
         let id = st.next_node;
         st.next_node += 1;
@@ -481,7 +522,10 @@ impl FakeHeadscale {
             machine_key: format!("mkey:{}", st.rng.hex(64)),
             node_key: format!("nodekey:{}", st.rng.hex(64)),
             disco_key: format!("discokey:{}", st.rng.hex(64)),
-            ip_addresses: vec![format!("100.64.{}.{}", id / 256, id % 256), format!("fd7a:115c:a1e0::{:x}", id)],
+            ip_addresses: vec![
+                format!("100.64.{}.{}", id / 256, id % 256),
+                format!("fd7a:115c:a1e0::{:x}", id),
+            ],
             name: name.into(),
             user_id,
             last_seen: None,
@@ -503,7 +547,10 @@ impl FakeHeadscale {
     /// Change a node in place. Panics for an unknown id.
     pub fn edit_node(&self, id: u64, f: impl FnOnce(&mut Node)) {
         let mut st = self.st();
-        let n = st.nodes.get_mut(&id).unwrap_or_else(|| panic!("fake headscale: no node {id}"));
+        let n = st
+            .nodes
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("fake headscale: no node {id}"));
         f(n);
         n.id = id;
     }
@@ -543,14 +590,27 @@ impl FakeHeadscale {
         let mut st = self.st();
         let id = st.next_api_key;
         st.next_api_key += 1;
-        st.api_keys.insert(id, ApiKey { id, key: key.into(), expiration, created_at: now(), last_seen: None });
+        st.api_keys.insert(
+            id,
+            ApiKey {
+                id,
+                key: key.into(),
+                expiration,
+                created_at: now(),
+                last_seen: None,
+            },
+        );
         id
     }
 
     /// Like `headscale apikeys expire`: the key's expiration becomes now (it stays listed).
     pub fn expire_api_key(&self, key: &str) {
         let mut st = self.st();
-        let k = st.api_keys.values_mut().find(|k| k.key == key).expect("fake headscale: no such API key");
+        let k = st
+            .api_keys
+            .values_mut()
+            .find(|k| k.key == key)
+            .expect("fake headscale: no such API key");
         k.expiration = Some(now() - time::Duration::milliseconds(1));
     }
 
@@ -559,12 +619,19 @@ impl FakeHeadscale {
         let mut st = self.st();
         let before = st.api_keys.len();
         st.api_keys.retain(|_, k| k.key != key);
-        assert!(st.api_keys.len() < before, "fake headscale: no such API key");
+        assert!(
+            st.api_keys.len() < before,
+            "fake headscale: no such API key"
+        );
     }
 
     pub fn edit_api_key(&self, key: &str, f: impl FnOnce(&mut ApiKey)) {
         let mut st = self.st();
-        let k = st.api_keys.values_mut().find(|k| k.key == key).expect("fake headscale: no such API key");
+        let k = st
+            .api_keys
+            .values_mut()
+            .find(|k| k.key == key)
+            .expect("fake headscale: no such API key");
         f(k);
     }
 
@@ -575,7 +642,11 @@ impl FakeHeadscale {
     // ----- pre-auth keys -----
 
     /// A pre-auth key created directly (not through the API); returns it with its full key.
-    pub fn add_preauth_key(&self, user_id: Option<u64>, expiration: Option<OffsetDateTime>) -> PreAuthKey {
+    pub fn add_preauth_key(
+        &self,
+        user_id: Option<u64>,
+        expiration: Option<OffsetDateTime>,
+    ) -> PreAuthKey {
         let mut st = self.st();
         let id = st.next_preauth;
         st.next_preauth += 1;
@@ -596,7 +667,10 @@ impl FakeHeadscale {
 
     pub fn edit_preauth_key(&self, id: u64, f: impl FnOnce(&mut PreAuthKey)) {
         let mut st = self.st();
-        let k = st.preauth_keys.get_mut(&id).unwrap_or_else(|| panic!("fake headscale: no pre-auth key {id}"));
+        let k = st
+            .preauth_keys
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("fake headscale: no pre-auth key {id}"));
         f(k);
         k.id = id;
     }
@@ -615,7 +689,12 @@ impl FakeHeadscale {
 
     /// The calls whose path starts with `prefix` (e.g. `"/api/v1/preauthkey"`).
     pub fn calls_to(&self, prefix: &str) -> Vec<Call> {
-        self.st().calls.iter().filter(|c| c.path.starts_with(prefix)).cloned().collect()
+        self.st()
+            .calls
+            .iter()
+            .filter(|c| c.path.starts_with(prefix))
+            .cloned()
+            .collect()
     }
 
     pub fn clear_calls(&self) {
@@ -657,8 +736,14 @@ impl FakeHeadscale {
         let _ = self.down_tx.send(down);
         let (m, c) = &*self.listening;
         let g = m.lock().unwrap();
-        let (_g, t) = c.wait_timeout_while(g, Duration::from_secs(10), |listening| *listening == down).unwrap();
-        assert!(!t.timed_out(), "fake headscale did not go {}", if down { "down" } else { "up" });
+        let (_g, t) = c
+            .wait_timeout_while(g, Duration::from_secs(10), |listening| *listening == down)
+            .unwrap();
+        assert!(
+            !t.timed_out(),
+            "fake headscale did not go {}",
+            if down { "down" } else { "up" }
+        );
     }
 
     // ----- seeding from the shared examples -----
@@ -666,9 +751,11 @@ impl FakeHeadscale {
     fn load_examples(&self) {
         let dir = super::shared().join("headscale/examples");
         let users: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("list_users.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.join("list_users.json")).unwrap())
+                .unwrap();
         let nodes: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("list_nodes.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.join("list_nodes.json")).unwrap())
+                .unwrap();
         let mut st = self.st();
         let put_user = |st: &mut State, u: &serde_json::Value| {
             let u = user_from_json(u);
@@ -693,7 +780,11 @@ impl FakeHeadscale {
                 let id = json_u64(&k["id"]);
                 let key = PreAuthKey {
                     id,
-                    user_id: if k["user"].is_null() { None } else { Some(json_u64(&k["user"]["id"])) },
+                    user_id: if k["user"].is_null() {
+                        None
+                    } else {
+                        Some(json_u64(&k["user"]["id"]))
+                    },
                     key: format!("{}{}", masked.trim_end_matches('*'), secret),
                     reusable: k["reusable"].as_bool().unwrap(),
                     ephemeral: k["ephemeral"].as_bool().unwrap(),
@@ -745,11 +836,14 @@ fn json_u64(v: &serde_json::Value) -> u64 {
 }
 
 fn json_time(v: &serde_json::Value) -> Option<OffsetDateTime> {
-    v.as_str().map(|s| OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap())
+    v.as_str()
+        .map(|s| OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap())
 }
 
 fn json_strings(v: &serde_json::Value) -> Vec<String> {
-    v.as_array().map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect()).unwrap_or_default()
+    v.as_array()
+        .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
 }
 
 fn user_from_json(u: &serde_json::Value) -> User {
@@ -867,9 +961,16 @@ async fn serve_conn(
     }
 }
 
-async fn handle(shared: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    shared: Arc<Mutex<State>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let (index, delay) = {
         let mut st = shared.lock().unwrap_or_else(|e| e.into_inner());
         st.calls.push(Call {
@@ -941,7 +1042,10 @@ const KNOWN_ROUTES: &[(&str, &[&str])] = &[
 
 fn route_matches(pattern: &str, path: &str) -> bool {
     let (p, s): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), path.split('/').collect());
-    p.len() == s.len() && p.iter().zip(&s).all(|(p, s)| if *p == "{}" { !s.is_empty() } else { p == s })
+    p.len() == s.len()
+        && p.iter()
+            .zip(&s)
+            .all(|(p, s)| if *p == "{}" { !s.is_empty() } else { p == s })
 }
 
 /// grpc code → HTTP status, as grpc-gateway's `HTTPStatusFromCode`.
@@ -969,7 +1073,10 @@ fn grpc_http_status(code: u32) -> u16 {
 }
 
 fn reason(status: u16) -> &'static str {
-    http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error")
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error")
 }
 
 enum Auth {
@@ -983,7 +1090,11 @@ enum Auth {
 impl State {
     fn json(&mut self, v: J) -> Reply {
         let mut out = String::new();
-        let mode = if self.opts.random_spaces { self.rng.below(3) } else { 0 };
+        let mode = if self.opts.random_spaces {
+            self.rng.below(3)
+        } else {
+            0
+        };
         let rng = &mut self.rng;
         let mut space = move || match mode {
             1 => true,
@@ -991,7 +1102,11 @@ impl State {
             _ => false,
         };
         v.write(&mut out, &mut space);
-        Reply { status: 200, content_type: Some(JSON), body: out.into_bytes() }
+        Reply {
+            status: 200,
+            content_type: Some(JSON),
+            body: out.into_bytes(),
+        }
     }
 
     /// An error as v0.29 (grpc-gateway) or, with `v030_errors`, as 0.30 (problem+json) answers it.
@@ -1024,14 +1139,26 @@ impl State {
         if self.opts.v030_errors {
             return self.problem(401, "invalid or missing API key");
         }
-        let content_type = if self.opts.go_content_sniffing { Some("text/plain; charset=utf-8") } else { None };
-        Reply { status, content_type, body: b"Unauthorized".to_vec() }
+        let content_type = if self.opts.go_content_sniffing {
+            Some("text/plain; charset=utf-8")
+        } else {
+            None
+        };
+        Reply {
+            status,
+            content_type,
+            body: b"Unauthorized".to_vec(),
+        }
     }
 
     fn check_auth(&self, headers: &http::HeaderMap) -> Auth {
         // Go's Header.Get: the first value.
-        let Some(h) = headers.get(http::header::AUTHORIZATION) else { return Auth::Rejected };
-        let Some(key) = h.as_bytes().strip_prefix(b"Bearer ") else { return Auth::Rejected };
+        let Some(h) = headers.get(http::header::AUTHORIZATION) else {
+            return Auth::Rejected;
+        };
+        let Some(key) = h.as_bytes().strip_prefix(b"Bearer ") else {
+            return Auth::Rejected;
+        };
         match self.api_keys.values().find(|k| k.key.as_bytes() == key) {
             None => Auth::Unknown,
             Some(k) if k.expiration.is_some_and(|e| e <= now()) => Auth::Rejected,
@@ -1047,7 +1174,11 @@ impl State {
         }
         if path == "/health" {
             if method != "GET" {
-                return Reply { status: 405, content_type: None, body: Vec::new() };
+                return Reply {
+                    status: 405,
+                    content_type: None,
+                    body: Vec::new(),
+                };
             }
             return Reply {
                 status: 200,
@@ -1056,13 +1187,21 @@ impl State {
             };
         }
         if !path.starts_with("/api/v1/") {
-            return Reply { status: 404, content_type: None, body: Vec::new() };
+            return Reply {
+                status: 404,
+                content_type: None,
+                body: Vec::new(),
+            };
         }
         match self.check_auth(&parts.headers) {
             Auth::Ok => {}
             Auth::Rejected => return self.unauthorized(401),
             Auth::Unknown => {
-                let status = if self.opts.legacy_500_unauthorized { 500 } else { 401 };
+                let status = if self.opts.legacy_500_unauthorized {
+                    500
+                } else {
+                    401
+                };
                 return self.unauthorized(status);
             }
         }
@@ -1076,7 +1215,9 @@ impl State {
             }
             ("GET", "/api/v1/user") => self.list_users(&query),
             ("GET", "/api/v1/node") => self.list_nodes(&query),
-            ("GET", p) if route_matches("/api/v1/node/{}", p) => self.get_node(&p["/api/v1/node/".len()..]),
+            ("GET", p) if route_matches("/api/v1/node/{}", p) => {
+                self.get_node(&p["/api/v1/node/".len()..])
+            }
             ("GET", "/api/v1/preauthkey") => self.list_preauth_keys(),
             ("POST", "/api/v1/preauthkey") => self.create_preauth_key(body),
             ("POST", "/api/v1/preauthkey/expire") => self.expire_preauth_key(body),
@@ -1087,8 +1228,10 @@ impl State {
 
     fn unrouted(&mut self, method: &str, path: &str) -> Reply {
         let known = |p: &str| !(self.opts.no_health_endpoint && p == "/api/v1/health");
-        let matching: Vec<&(&str, &[&str])> =
-            KNOWN_ROUTES.iter().filter(|(p, _)| known(p) && route_matches(p, path)).collect();
+        let matching: Vec<&(&str, &[&str])> = KNOWN_ROUTES
+            .iter()
+            .filter(|(p, _)| known(p) && route_matches(p, path))
+            .collect();
         if matching.iter().any(|(_, ms)| ms.contains(&method)) {
             let msg = format!("the fake Headscale does not implement {method} {path}");
             return self.error(12, 501, &msg);
@@ -1116,8 +1259,11 @@ impl State {
         if self.opts.v030_errors {
             return self.problem(status, msg);
         }
-        let mut r =
-            self.json(J::obj(vec![("code", J::Num(code)), ("message", J::str(msg)), ("details", J::Arr(vec![]))]));
+        let mut r = self.json(J::obj(vec![
+            ("code", J::Num(code)),
+            ("message", J::str(msg)),
+            ("details", J::Arr(vec![])),
+        ]));
         r.status = status;
         r
     }
@@ -1151,11 +1297,22 @@ impl State {
     }
 
     fn preauth_json(&self, k: &PreAuthKey, full_key: bool) -> J {
-        let user = k.user_id.and_then(|id| self.users.get(&id)).map(|u| self.user_json(u)).unwrap_or(J::Null);
+        let user = k
+            .user_id
+            .and_then(|id| self.users.get(&id))
+            .map(|u| self.user_json(u))
+            .unwrap_or(J::Null);
         J::obj(vec![
             ("user", user),
             ("id", J::id(k.id)),
-            ("key", J::str(&if full_key { k.key.clone() } else { k.masked_key() })),
+            (
+                "key",
+                J::str(&if full_key {
+                    k.key.clone()
+                } else {
+                    k.masked_key()
+                }),
+            ),
             ("reusable", J::Bool(k.reusable)),
             ("ephemeral", J::Bool(k.ephemeral)),
             ("used", J::Bool(k.used)),
@@ -1168,11 +1325,21 @@ impl State {
     /// `listing`: in `ListNodes` a tagged node shows the synthetic `tagged-devices` user; in `GetNode` null.
     fn node_json(&self, n: &Node, listing: bool) -> J {
         let user = if n.is_tagged() {
-            if listing { self.tagged_devices_user() } else { J::Null }
+            if listing {
+                self.tagged_devices_user()
+            } else {
+                J::Null
+            }
         } else {
-            n.user_id.and_then(|id| self.users.get(&id)).map(|u| self.user_json(u)).unwrap_or(J::Null)
+            n.user_id
+                .and_then(|id| self.users.get(&id))
+                .map(|u| self.user_json(u))
+                .unwrap_or(J::Null)
         };
-        let pak = n.pre_auth_key_id.and_then(|id| self.preauth_keys.get(&id)).map(|k| self.preauth_json(k, false));
+        let pak = n
+            .pre_auth_key_id
+            .and_then(|id| self.preauth_keys.get(&id))
+            .map(|k| self.preauth_json(k, false));
         J::obj(vec![
             ("id", J::id(n.id)),
             ("machineKey", J::str(&n.machine_key)),
@@ -1227,7 +1394,12 @@ impl State {
         let owner = if user.is_empty() {
             None
         } else {
-            let found: Vec<u64> = self.users.values().filter(|u| u.name == user).map(|u| u.id).collect();
+            let found: Vec<u64> = self
+                .users
+                .values()
+                .filter(|u| u.name == user)
+                .map(|u| u.id)
+                .collect();
             match found.as_slice() {
                 [] => return self.error(2, 404, "user not found"),
                 [id] => Some(*id),
@@ -1261,7 +1433,11 @@ impl State {
     }
 
     fn list_preauth_keys(&mut self) -> Reply {
-        let keys: Vec<J> = self.preauth_keys.values().map(|k| self.preauth_json(k, false)).collect();
+        let keys: Vec<J> = self
+            .preauth_keys
+            .values()
+            .map(|k| self.preauth_json(k, false))
+            .collect();
         self.json(J::obj(vec![("preAuthKeys", J::Arr(keys))]))
     }
 
@@ -1291,7 +1467,9 @@ impl State {
                 match OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
                     Ok(t) => t.to_offset(time::UtcOffset::UTC),
                     Err(_) => {
-                        let msg = format!("proto: invalid value for google.protobuf.Timestamp type: \"{s}\"");
+                        let msg = format!(
+                            "proto: invalid value for google.protobuf.Timestamp type: \"{s}\""
+                        );
                         return self.error(3, 400, &msg);
                     }
                 }
@@ -1306,7 +1484,13 @@ impl State {
             Some(serde_json::Value::Array(a)) if a.iter().all(|t| t.is_string()) => {
                 a.iter().map(|t| t.as_str().unwrap().to_string()).collect()
             }
-            Some(v) => return self.error(3, 400, &format!("proto: invalid value for string field aclTags: {v}")),
+            Some(v) => {
+                return self.error(
+                    3,
+                    400,
+                    &format!("proto: invalid value for string field aclTags: {v}"),
+                );
+            }
         };
         for tag in &acl_tags {
             let problem = if !tag.starts_with("tag:") {
@@ -1388,20 +1572,31 @@ struct Query(Vec<(String, String)>);
 
 impl Query {
     fn parse(q: Option<&str>) -> Result<Query, String> {
-        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+        let pairs: Vec<(String, String)> =
+            url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
         for (k, _) in &pairs {
-            let values: Vec<&str> = pairs.iter().filter(|(k2, _)| k2 == k).map(|(_, v)| v.as_str()).collect();
+            let values: Vec<&str> = pairs
+                .iter()
+                .filter(|(k2, _)| k2 == k)
+                .map(|(_, v)| v.as_str())
+                .collect();
             if values.len() > 1 {
-                return Err(format!("too many values for field \"{k}\": {}", values.join(", ")));
+                return Err(format!(
+                    "too many values for field \"{k}\": {}",
+                    values.join(", ")
+                ));
             }
         }
         Ok(Query(pairs))
     }
 
     fn get(&self, k: &str) -> Option<String> {
-        self.0.iter().find(|(k2, _)| k2 == k).map(|(_, v)| v.clone())
+        self.0
+            .iter()
+            .find(|(k2, _)| k2 == k)
+            .map(|(_, v)| v.clone())
     }
 
     fn uint64(&self, k: &str) -> Result<u64, String> {
@@ -1415,9 +1610,12 @@ impl Query {
 /// Go's `strconv.ParseUint(s, 10, 64)` with its error text.
 fn parse_uint64(s: &str) -> Result<u64, String> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("strconv.ParseUint: parsing \"{s}\": invalid syntax"));
+        return Err(format!(
+            "strconv.ParseUint: parsing \"{s}\": invalid syntax"
+        ));
     }
-    s.parse::<u64>().map_err(|_| format!("strconv.ParseUint: parsing \"{s}\": value out of range"))
+    s.parse::<u64>()
+        .map_err(|_| format!("strconv.ParseUint: parsing \"{s}\": value out of range"))
 }
 
 /// A JSON request body (protojson: unknown fields ignored, an empty body is an empty message).
@@ -1436,12 +1634,11 @@ fn parse_body(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>,
 fn body_uint64(m: &serde_json::Map<String, serde_json::Value>, k: &str) -> Result<u64, String> {
     match m.get(k) {
         None | Some(serde_json::Value::Null) => Ok(0),
-        Some(serde_json::Value::String(s)) => {
-            parse_uint64(s).map_err(|_| format!("proto: invalid value for uint64 field {k}: \"{s}\""))
-        }
-        Some(serde_json::Value::Number(n)) => {
-            n.as_u64().ok_or_else(|| format!("proto: invalid value for uint64 field {k}: {n}"))
-        }
+        Some(serde_json::Value::String(s)) => parse_uint64(s)
+            .map_err(|_| format!("proto: invalid value for uint64 field {k}: \"{s}\"")),
+        Some(serde_json::Value::Number(n)) => n
+            .as_u64()
+            .ok_or_else(|| format!("proto: invalid value for uint64 field {k}: {n}")),
         Some(v) => Err(format!("proto: invalid value for uint64 field {k}: {v}")),
     }
 }
@@ -1581,12 +1778,25 @@ pub fn clean_identifier(identifier: &str) -> String {
     if let Ok(mut u) = GoUrl::parse(identifier)
         && !u.scheme.is_empty()
     {
-        let parts: Vec<&str> = u.path.split('/').map(str::trim).filter(|p| !p.is_empty()).collect();
-        u.path = if parts.is_empty() { String::new() } else { format!("/{}", parts.join("/")) };
+        let parts: Vec<&str> = u
+            .path
+            .split('/')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        u.path = if parts.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", parts.join("/"))
+        };
         u.scheme = u.scheme.to_lowercase();
         return u.to_string();
     }
-    let parts: Vec<&str> = identifier.split('/').map(str::trim).filter(|p| !p.is_empty()).collect();
+    let parts: Vec<&str> = identifier
+        .split('/')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
     parts.join("/")
 }
 
@@ -1661,7 +1871,11 @@ impl GoUrl {
 
     fn set_path(&mut self, p: &str) -> Result<(), ()> {
         let path = String::from_utf8_lossy(&go_unescape(p)?).into_owned();
-        self.raw_path = if go_escape_path(&path) == p { String::new() } else { p.to_string() };
+        self.raw_path = if go_escape_path(&path) == p {
+            String::new()
+        } else {
+            p.to_string()
+        };
         self.path = path;
         Ok(())
     }
@@ -1731,7 +1945,9 @@ impl std::fmt::Display for GoUrl {
         }
         if !self.fragment.is_empty() {
             buf.push('#');
-            buf.push_str(&go_escape(&self.fragment, |c| go_should_escape_path(c) && !b"!()*".contains(&c)));
+            buf.push_str(&go_escape(&self.fragment, |c| {
+                go_should_escape_path(c) && !b"!()*".contains(&c)
+            }));
         }
         f.write_str(&buf)
     }
@@ -1786,7 +2002,8 @@ fn go_escape_path(s: &str) -> String {
 }
 
 fn go_valid_encoded_path(s: &str) -> bool {
-    s.bytes().all(|b| b"!$&'()*+,;=:@[]%".contains(&b) || !go_should_escape_path(b))
+    s.bytes()
+        .all(|b| b"!$&'()*+,;=:@[]%".contains(&b) || !go_should_escape_path(b))
 }
 
 fn go_unescape(s: &str) -> Result<Vec<u8>, ()> {
@@ -1796,7 +2013,10 @@ fn go_unescape(s: &str) -> Result<Vec<u8>, ()> {
     while i < b.len() {
         if b[i] == b'%' {
             let hex = |c: u8| (c as char).to_digit(16);
-            match (b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c))) {
+            match (
+                b.get(i + 1).and_then(|c| hex(*c)),
+                b.get(i + 2).and_then(|c| hex(*c)),
+            ) {
                 (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
                 _ => return Err(()),
             }
@@ -1870,10 +2090,15 @@ impl Rng {
         self.next() % n
     }
     fn pick(&mut self, alphabet: &[u8], n: usize) -> String {
-        (0..n).map(|_| alphabet[self.below(alphabet.len() as u64) as usize] as char).collect()
+        (0..n)
+            .map(|_| alphabet[self.below(alphabet.len() as u64) as usize] as char)
+            .collect()
     }
     fn alnum(&mut self, n: usize) -> String {
-        self.pick(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", n)
+        self.pick(
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+            n,
+        )
     }
     fn hex(&mut self, n: usize) -> String {
         self.pick(b"0123456789abcdef", n)

@@ -66,7 +66,11 @@ impl HeadgateConfig {
     }
 
     pub fn text(&self) -> String {
-        format!("[server]\n{}\n\n{}\n", self.server.join("\n"), self.sections.join("\n\n"))
+        format!(
+            "[server]\n{}\n\n{}\n",
+            self.server.join("\n"),
+            self.sections.join("\n\n")
+        )
     }
 
     /// Write the file and return its path.
@@ -101,14 +105,20 @@ impl HeadgateConfig {
     /// Start `headgate serve` and wait until it listens.
     pub fn start(self) -> Headgate {
         let mut process = ChildProcess::spawn("headgate", self.command(&["serve"]));
-        let line = process.wait_for_line(Duration::from_secs(20), |l| l.contains("headgate listening on "));
+        let line = process.wait_for_line(Duration::from_secs(20), |l| {
+            l.contains("headgate listening on ")
+        });
         let addr = line
             .split("headgate listening on ")
             .nth(1)
             .and_then(|r| r.split_whitespace().next())
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("cannot read the address from {line:?}"));
-        Headgate { process, addr, config: self }
+        Headgate {
+            process,
+            addr,
+            config: self,
+        }
     }
 }
 

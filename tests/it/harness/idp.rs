@@ -82,7 +82,11 @@ impl Default for ClientSpec {
 impl ClientSpec {
     /// A client with the default secret, basic auth and RS256, registered for `redirect_uri`.
     pub fn new(client_id: &str, redirect_uri: &str) -> ClientSpec {
-        ClientSpec { client_id: client_id.into(), redirect_uris: vec![redirect_uri.into()], ..ClientSpec::default() }
+        ClientSpec {
+            client_id: client_id.into(),
+            redirect_uris: vec![redirect_uri.into()],
+            ..ClientSpec::default()
+        }
     }
 
     fn to_json(&self) -> Value {
@@ -95,7 +99,10 @@ impl ClientSpec {
         });
         let o = c.as_object_mut().unwrap();
         if !self.post_logout_redirect_uris.is_empty() {
-            o.insert("post_logout_redirect_uris".into(), json!(self.post_logout_redirect_uris));
+            o.insert(
+                "post_logout_redirect_uris".into(),
+                json!(self.post_logout_redirect_uris),
+            );
         }
         if let Some(u) = &self.backchannel_logout_uri {
             o.insert("backchannel_logout_uri".into(), json!(u));
@@ -161,7 +168,9 @@ impl UserSpec {
     fn to_json(&self) -> Value {
         let mut u = json!({ "login": self.login, "sub": self.sub, "claims": self.claims });
         if let Some(p) = &self.password {
-            u.as_object_mut().unwrap().insert("password".into(), json!(p));
+            u.as_object_mut()
+                .unwrap()
+                .insert("password".into(), json!(p));
         }
         u
     }
@@ -242,9 +251,19 @@ impl TestIdpBuilder {
 
     /// The JSON document given to `provider.mjs` in `IDP_CONFIG`.
     pub fn config_json(&self) -> Value {
-        let mut clients = if self.clients.is_empty() { vec![ClientSpec::default()] } else { self.clients.clone() };
-        clients[0].redirect_uris.extend(self.extra_redirect_uris.iter().cloned());
-        let users = if self.users.is_empty() { vec![UserSpec::alice()] } else { self.users.clone() };
+        let mut clients = if self.clients.is_empty() {
+            vec![ClientSpec::default()]
+        } else {
+            self.clients.clone()
+        };
+        clients[0]
+            .redirect_uris
+            .extend(self.extra_redirect_uris.iter().cloned());
+        let users = if self.users.is_empty() {
+            vec![UserSpec::alice()]
+        } else {
+            self.users.clone()
+        };
         let mut cfg = json!({
             "port": 0,
             "clients": clients.iter().map(ClientSpec::to_json).collect::<Vec<_>>(),
@@ -272,15 +291,26 @@ impl TestIdpBuilder {
         let config = self.config_json();
         let dir = super::root().join("tests/idp");
         let mut cmd = Command::new("node");
-        cmd.arg(dir.join("provider.mjs")).current_dir(&dir).env("IDP_CONFIG", config.to_string());
+        cmd.arg(dir.join("provider.mjs"))
+            .current_dir(&dir)
+            .env("IDP_CONFIG", config.to_string());
         // oidc-provider's "Unsupported runtime" and dev-adapter notices are harmless; keep its debug output off.
         cmd.env_remove("DEBUG");
         let mut process = ChildProcess::spawn("test IdP (oidc-provider)", cmd);
         let ready = process.wait_for_line(Duration::from_secs(20), |l| l.starts_with("READY "));
         let issuer = ready.trim_start_matches("READY ").trim().to_string();
-        let port = url::Url::parse(&issuer).expect("issuer URL").port().expect("issuer port");
+        let port = url::Url::parse(&issuer)
+            .expect("issuer URL")
+            .port()
+            .expect("issuer port");
         let clients = config["clients"].as_array().unwrap().clone();
-        TestIdp { process, issuer, port, config, clients }
+        TestIdp {
+            process,
+            issuer,
+            port,
+            config,
+            clients,
+        }
     }
 }
 
@@ -293,7 +323,10 @@ fn preflight() {
              Fix: apt-get install -y nodejs npm && npm ci --prefix tests/idp\n\n"
         ),
     }
-    if !dir.join("node_modules/oidc-provider/package.json").is_file() {
+    if !dir
+        .join("node_modules/oidc-provider/package.json")
+        .is_file()
+    {
         panic!(
             "\n\nThe test IdP's npm packages are not installed ({} is missing).\n\
              Fix: npm ci --prefix tests/idp   (from {})\n\n",
@@ -378,8 +411,17 @@ impl TestIdp {
 
     /// An authorization request URL for `client_id` at its first redirect URI, scope `openid email profile`.
     /// `code_challenge` is the S256 challenge (see [`pkce_challenge`]) or `None` for no PKCE.
-    pub fn authorization_url(&self, client_id: &str, state: &str, nonce: &str, code_challenge: Option<&str>) -> String {
-        let redirect_uri = self.client(client_id)["redirect_uris"][0].as_str().unwrap().to_string();
+    pub fn authorization_url(
+        &self,
+        client_id: &str,
+        state: &str,
+        nonce: &str,
+        code_challenge: Option<&str>,
+    ) -> String {
+        let redirect_uri = self.client(client_id)["redirect_uris"][0]
+            .as_str()
+            .unwrap()
+            .to_string();
         self.authorization_url_with(
             &[
                 ("client_id", client_id),
@@ -394,7 +436,11 @@ impl TestIdp {
     }
 
     /// An authorization request URL with exactly these parameters (plus the S256 challenge when given).
-    pub fn authorization_url_with(&self, params: &[(&str, &str)], code_challenge: Option<&str>) -> String {
+    pub fn authorization_url_with(
+        &self,
+        params: &[(&str, &str)],
+        code_challenge: Option<&str>,
+    ) -> String {
         let mut u = url::Url::parse(&self.authorization_endpoint()).unwrap();
         {
             let mut q = u.query_pairs_mut();
@@ -402,7 +448,8 @@ impl TestIdp {
                 q.append_pair(k, v);
             }
             if let Some(c) = code_challenge {
-                q.append_pair("code_challenge", c).append_pair("code_challenge_method", "S256");
+                q.append_pair("code_challenge", c)
+                    .append_pair("code_challenge_method", "S256");
             }
         }
         u.to_string()
@@ -414,7 +461,12 @@ impl TestIdp {
         self.events()
             .into_iter()
             .filter(|e| e["event"] == "issued")
-            .map(|e| (e["kind"].as_str().unwrap_or("").to_string(), e["value"].as_str().unwrap_or("").to_string()))
+            .map(|e| {
+                (
+                    e["kind"].as_str().unwrap_or("").to_string(),
+                    e["value"].as_str().unwrap_or("").to_string(),
+                )
+            })
             .collect()
     }
 
@@ -431,13 +483,19 @@ impl TestIdp {
 
     /// The events named `name` (e.g. `grant.error`).
     pub fn events_named(&self, name: &str) -> Vec<Value> {
-        self.events().into_iter().filter(|e| e["event"] == name).collect()
+        self.events()
+            .into_iter()
+            .filter(|e| e["event"] == name)
+            .collect()
     }
 
     /// Wait until an event satisfies `pred` (e.g. a back-channel logout was delivered) and return it.
     pub fn wait_for_event(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
         let line = self.process.wait_for_line(timeout, |l| {
-            l.starts_with('{') && serde_json::from_str::<Value>(l).map(|v| pred(&v)).unwrap_or(false)
+            l.starts_with('{')
+                && serde_json::from_str::<Value>(l)
+                    .map(|v| pred(&v))
+                    .unwrap_or(false)
         });
         serde_json::from_str(&line).unwrap()
     }
@@ -488,11 +546,14 @@ pub fn jwt_parts(token: &str) -> (Value, Value) {
     use base64::Engine;
     let mut it = token.split('.');
     let mut part = |what: &str| -> Value {
-        let p = it.next().unwrap_or_else(|| panic!("JWT without {what}: {token}"));
+        let p = it
+            .next()
+            .unwrap_or_else(|| panic!("JWT without {what}: {token}"));
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(p.trim_end_matches('='))
             .unwrap_or_else(|e| panic!("JWT {what} is not base64url ({e}): {token}"));
-        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("JWT {what} is not JSON ({e}): {token}"))
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("JWT {what} is not JSON ({e}): {token}"))
     };
     let header = part("header");
     let claims = part("claims");

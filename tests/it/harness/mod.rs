@@ -21,7 +21,11 @@ pub fn root() -> PathBuf {
 /// The `../shared` reference folder beside the repository.
 pub fn shared() -> PathBuf {
     let p = root().join("../shared");
-    assert!(p.is_dir(), "the reference folder ../shared is missing next to {}", root().display());
+    assert!(
+        p.is_dir(),
+        "the reference folder ../shared is missing next to {}",
+        root().display()
+    );
     p
 }
 
@@ -32,11 +36,18 @@ pub fn headgate_bin() -> PathBuf {
 
 /// A fresh temporary directory, removed when the guard drops.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("headgate-it-").tempdir().expect("create temp dir")
+    tempfile::Builder::new()
+        .prefix("headgate-it-")
+        .tempdir()
+        .expect("create temp dir")
 }
 
 /// A port the OS just handed out and released: good enough for a child process that must be told its port
 /// on the command line (in-process servers bind port 0 directly instead).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -19,7 +19,9 @@ pub struct ChildProcess {
 impl ChildProcess {
     /// Start `cmd` with stdout and stderr captured (interleaved, line by line).
     pub fn spawn(name: &str, mut cmd: Command) -> ChildProcess {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
@@ -43,7 +45,14 @@ impl ChildProcess {
                 }
             });
         }
-        ChildProcess { name: name.to_string(), child: Some(child), log, lines, new_line, log_path: None }
+        ChildProcess {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+            lines,
+            new_line,
+            log_path: None,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -68,16 +77,28 @@ impl ChildProcess {
                 }
                 seen = lines.len();
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 // Give the reader threads a moment to drain what is left.
                 std::thread::sleep(Duration::from_millis(100));
                 if let Some(l) = self.lines.lock().unwrap().iter().find(|l| pred(l)) {
                     return l.clone();
                 }
-                panic!("{} exited ({status}) before it was ready; its output:\n{}", self.name, self.output());
+                panic!(
+                    "{} exited ({status}) before it was ready; its output:\n{}",
+                    self.name,
+                    self.output()
+                );
             }
             if Instant::now() > deadline {
-                panic!("{} was not ready within {timeout:?}; its output:\n{}", self.name, self.output());
+                panic!(
+                    "{} was not ready within {timeout:?}; its output:\n{}",
+                    self.name,
+                    self.output()
+                );
             }
             let (m, c) = &*self.new_line;
             let g = m.lock().unwrap();
@@ -95,7 +116,11 @@ impl ChildProcess {
                 return status.code();
             }
             if Instant::now() > deadline {
-                panic!("{} did not exit within {timeout:?}; its output:\n{}", self.name, self.output());
+                panic!(
+                    "{} did not exit within {timeout:?}; its output:\n{}",
+                    self.name,
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -103,7 +128,11 @@ impl ChildProcess {
 
     /// Send a signal (by number) to the process.
     pub fn signal(&self, sig: i32) {
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
         assert!(status.success(), "kill -{sig} {} failed", self.pid());
     }
 
@@ -129,7 +158,10 @@ impl Drop for ChildProcess {
             let _ = std::fs::write(p, &log);
         }
         if std::thread::panicking() {
-            eprintln!("----- output of {} -----\n{}----- end of {} -----", self.name, log, self.name);
+            eprintln!(
+                "----- output of {} -----\n{}----- end of {} -----",
+                self.name, log, self.name
+            );
         }
     }
 }

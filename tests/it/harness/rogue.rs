@@ -94,7 +94,10 @@ pub struct AuthRequest {
 
 impl AuthRequest {
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
     pub fn state(&self) -> Option<&str> {
         self.param("state")
@@ -130,7 +133,10 @@ pub struct TokenRequest {
 
 impl TokenRequest {
     pub fn field(&self, name: &str) -> Option<&str> {
-        self.form.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.form
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
     pub fn code_verifier(&self) -> Option<&str> {
         self.field("code_verifier")
@@ -138,7 +144,11 @@ impl TokenRequest {
     /// (client_id, client_secret) from `Authorization: Basic` (form-urldecoded as RFC 6749 2.3.1 says).
     pub fn basic_credentials(&self) -> Option<(String, String)> {
         let (id, secret) = self.basic_credentials_raw()?;
-        let dec = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+        let dec = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
         Some((dec(&id), dec(&secret)))
     }
     /// (client_id, client_secret) from `Authorization: Basic` exactly as sent (not urldecoded).
@@ -154,7 +164,10 @@ impl TokenRequest {
     }
     /// (client_id, client_secret) from the form body (`client_secret_post`).
     pub fn post_credentials(&self) -> Option<(String, String)> {
-        Some((self.field("client_id")?.to_string(), self.field("client_secret")?.to_string()))
+        Some((
+            self.field("client_id")?.to_string(),
+            self.field("client_secret")?.to_string(),
+        ))
     }
 }
 
@@ -260,7 +273,14 @@ impl RogueIdp {
                 });
             })
             .unwrap();
-        RogueIdp { addr, issuer, state, keys, shutdown: Some(tx), thread: Some(thread) }
+        RogueIdp {
+            addr,
+            issuer,
+            state,
+            keys,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
     }
 
     pub fn issuer(&self) -> &str {
@@ -305,7 +325,11 @@ impl RogueIdp {
     /// An extra claim in its ID tokens and default userinfo (default: `email` mallory@example.com, verified,
     /// `name` "Mallory Rogue").
     pub fn set_claim(&self, name: &str, value: impl Into<Value>) {
-        self.state.lock().unwrap().claims.insert(name.to_string(), value.into());
+        self.state
+            .lock()
+            .unwrap()
+            .claims
+            .insert(name.to_string(), value.into());
     }
     pub fn remove_claim(&self, name: &str) {
         self.state.lock().unwrap().claims.remove(name);
@@ -324,7 +348,11 @@ impl RogueIdp {
     }
     /// Add or replace a member of the discovery document (e.g. a different `issuer`).
     pub fn set_discovery_field(&self, name: &str, value: Value) {
-        self.state.lock().unwrap().discovery_extra.insert(name.to_string(), value);
+        self.state
+            .lock()
+            .unwrap()
+            .discovery_extra
+            .insert(name.to_string(), value);
     }
 
     pub fn auth_requests(&self) -> Vec<AuthRequest> {
@@ -404,7 +432,10 @@ fn make_keys() -> Keys {
 }
 
 fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 fn random(n: usize) -> String {
@@ -427,15 +458,21 @@ fn sign_with(header: &Value, claims: &Value, signer: Signer) -> String {
         URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap())
     );
     let sig = match signer {
-        Signer::Es256(der) => {
-            jsonwebtoken::crypto::sign(input.as_bytes(), &EncodingKey::from_ec_der(der), Algorithm::ES256)
-        }
-        Signer::Rs256(der) => {
-            jsonwebtoken::crypto::sign(input.as_bytes(), &EncodingKey::from_rsa_der(der), Algorithm::RS256)
-        }
-        Signer::Hs256(secret) => {
-            jsonwebtoken::crypto::sign(input.as_bytes(), &EncodingKey::from_secret(secret).unwrap(), Algorithm::HS256)
-        }
+        Signer::Es256(der) => jsonwebtoken::crypto::sign(
+            input.as_bytes(),
+            &EncodingKey::from_ec_der(der),
+            Algorithm::ES256,
+        ),
+        Signer::Rs256(der) => jsonwebtoken::crypto::sign(
+            input.as_bytes(),
+            &EncodingKey::from_rsa_der(der),
+            Algorithm::RS256,
+        ),
+        Signer::Hs256(secret) => jsonwebtoken::crypto::sign(
+            input.as_bytes(),
+            &EncodingKey::from_secret(secret).unwrap(),
+            Algorithm::HS256,
+        ),
         Signer::None => Ok(String::new()),
     }
     .expect("sign rogue token");
@@ -530,10 +567,21 @@ fn json_response(status: u16, v: &Value) -> Response<Full<Bytes>> {
 
 async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let header = |n: &str| parts.headers.get(n).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let header = |n: &str| {
+        parts
+            .headers
+            .get(n)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
     let query: Vec<(String, String)> =
-        url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect();
+        url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
     match (parts.method.as_str(), parts.uri.path()) {
         ("GET", "/.well-known/openid-configuration") => {
             let s = st.lock().unwrap();
@@ -559,13 +607,25 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
         }
         ("GET", "/jwks") => {
             let s = st.lock().unwrap();
-            json_response(200, &json!({ "keys": [s.keys.legit_jwk, s.keys.weak_rsa_jwk] }))
+            json_response(
+                200,
+                &json!({ "keys": [s.keys.legit_jwk, s.keys.weak_rsa_jwk] }),
+            )
         }
         ("GET", "/authorize") => {
             let code = random(24);
-            let redirect = query.iter().find(|(n, _)| n == "redirect_uri").map(|(_, v)| v.clone());
-            let state = query.iter().find(|(n, _)| n == "state").map(|(_, v)| v.clone());
-            st.lock().unwrap().auth_requests.push(AuthRequest { query: query.clone(), code: code.clone() });
+            let redirect = query
+                .iter()
+                .find(|(n, _)| n == "redirect_uri")
+                .map(|(_, v)| v.clone());
+            let state = query
+                .iter()
+                .find(|(n, _)| n == "state")
+                .map(|(_, v)| v.clone());
+            st.lock().unwrap().auth_requests.push(AuthRequest {
+                query: query.clone(),
+                code: code.clone(),
+            });
             let Some(redirect) = redirect.and_then(|r| url::Url::parse(&r).ok()) else {
                 return respond(400, "text/plain", "rogue IdP: missing or bad redirect_uri");
             };
@@ -577,10 +637,15 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
                     q.append_pair("state", s);
                 }
             }
-            Response::builder().status(302).header("location", target.as_str()).body(Full::new(Bytes::new())).unwrap()
+            Response::builder()
+                .status(302)
+                .header("location", target.as_str())
+                .body(Full::new(Bytes::new()))
+                .unwrap()
         }
         ("POST", "/token") => {
-            let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+            let form: Vec<(String, String)> =
+                url::form_urlencoded::parse(&body).into_owned().collect();
             let mut s = st.lock().unwrap();
             s.token_requests.push(TokenRequest {
                 authorization: header("authorization"),
@@ -591,7 +656,10 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
             if let Some((status, v)) = &s.token_response_override {
                 return json_response(*status, v);
             }
-            let code = form.iter().find(|(n, _)| n == "code").map(|(_, v)| v.as_str());
+            let code = form
+                .iter()
+                .find(|(n, _)| n == "code")
+                .map(|(_, v)| v.as_str());
             let auth = s
                 .auth_requests
                 .iter()
@@ -618,7 +686,10 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
         }
         (m @ ("GET" | "POST"), "/userinfo") => {
             let mut s = st.lock().unwrap();
-            s.userinfo_requests.push(UserinfoRequest { method: m.to_string(), authorization: header("authorization") });
+            s.userinfo_requests.push(UserinfoRequest {
+                method: m.to_string(),
+                authorization: header("authorization"),
+            });
             let v = match &s.userinfo {
                 Some(v) => v.clone(),
                 None => {
@@ -630,9 +701,11 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
             json_response(200, &v)
         }
         ("GET", "/logout") => match query.iter().find(|(n, _)| n == "post_logout_redirect_uri") {
-            Some((_, r)) => {
-                Response::builder().status(302).header("location", r.as_str()).body(Full::new(Bytes::new())).unwrap()
-            }
+            Some((_, r)) => Response::builder()
+                .status(302)
+                .header("location", r.as_str())
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
             None => respond(200, "text/html", "<p>signed out</p>"),
         },
         _ => respond(404, "text/plain", "rogue IdP: not found"),
