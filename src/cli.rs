@@ -127,6 +127,8 @@ fn serve(flag: Option<&Path>, env: &HashMap<String, String>) -> Result<ExitCode,
     rt.block_on(async move {
         let grace = Duration::from_secs(config.server.shutdown_timeout);
         let app = Arc::new(App::new(Arc::new(config), store, HttpClient::new()));
+        let shutdown = server::shutdown_signal()
+            .map_err(|e| Failure::runtime(format!("cannot install signal handlers: {e}")))?;
         let server = Server::bind(app.clone())
             .await
             .map_err(|e| Failure::runtime(e.to_string()))?;
@@ -136,7 +138,7 @@ fn serve(flag: Option<&Path>, env: &HashMap<String, String>) -> Result<ExitCode,
             ""
         };
         tracing::info!("headgate listening on {}{tls}", server.local_addr());
-        server.run(server::shutdown_signal(), grace).await;
+        server.run(shutdown, grace).await;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
