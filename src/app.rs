@@ -1,17 +1,27 @@
-//! The running application: configuration, store and clients, and the one place a request is routed,
-//! answered and logged.
+//! The running application: configuration, store, clients, keys, time and randomness, and the one place a
+//! request is routed, answered and logged.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
+use tokio::sync::mpsc;
 
+use crate::clock::Clock;
 use crate::config::Config;
+use crate::cookies::CookieSettings;
+use crate::crypto::{Keys, Random};
+use crate::headscale::Headscale;
 use crate::http_client::HttpClient;
+use crate::oidc::rp::RelyingParty;
+use crate::rate_limit::RateLimiter;
+use crate::redirect::RedirectPolicy;
+use crate::respond;
+use crate::session::Sessions;
 use crate::store::Store;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -22,19 +32,72 @@ pub fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
+/// The start path of the sign-in flow (fixed: Headplane's).
+pub const START_PATH: &str = "/admin/oidc/start";
+pub const LOGIN_PATH: &str = "/admin/login";
+
 pub struct App {
-    config: Arc<Config>,
-    store: Store,
-    http: HttpClient,
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: Store,
+    pub(crate) http: HttpClient,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) random: Arc<dyn Random>,
+    pub(crate) keys: Arc<Keys>,
+    pub(crate) cookies: CookieSettings,
+    pub(crate) sessions: Sessions,
+    pub(crate) rp: Option<RelyingParty>,
+    pub(crate) headscale: Option<Headscale>,
+    pub(crate) redirects: RedirectPolicy,
+    pub(crate) start_limiter: RateLimiter,
+    /// The cookie path shared by the start and callback paths (flow cookies live there).
+    pub(crate) flow_path: String,
+}
+
+/// What the caller must run next to the server (batching, pruning, re-checks).
+pub struct Background {
+    touch_rx: mpsc::Receiver<(crate::store::SessionKey, i64)>,
+}
+
+/// Everything a request handler needs to know about the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub tls: bool,
 }
 
 impl App {
-    pub fn new(config: Arc<Config>, store: Store, http: HttpClient) -> Self {
-        App {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        http: HttpClient,
+        clock: Arc<dyn Clock>,
+        random: Arc<dyn Random>,
+    ) -> (App, Background) {
+        let keys = Arc::new(Keys::new(&config.server.cookie_secret, config.server.cookie_secret_previous.as_ref()));
+        let cookies = CookieSettings { secure: config.server.cookie_secure, domain: config.server.cookie_domain.clone() };
+        let (touch_tx, touch_rx) = mpsc::channel(4096);
+        let sessions = Sessions::new(keys.clone(), cookies.clone(), store.clone(), random.clone(), touch_tx);
+        let rp = config.oidc.as_ref().map(|o| RelyingParty::new(Arc::new(o.clone()), http.clone(), &config.server.base_url));
+        let headscale = config.headscale.as_ref().map(|h| Headscale::new(http.clone(), h.url.clone(), h.api_key.clone()));
+        let redirects = RedirectPolicy::new(&config.server.base_url, &config.server.allowed_redirect_domains);
+        let callback = config.oidc.as_ref().map(|o| o.callback_path.clone()).unwrap_or_else(|| "/admin/oidc/callback".into());
+        let flow_path = crate::oidc::flow::common_cookie_path(START_PATH, &callback);
+        let app = App {
             config,
             store,
             http,
-        }
+            clock,
+            random,
+            keys,
+            cookies,
+            sessions,
+            rp,
+            headscale,
+            redirects,
+            start_limiter: RateLimiter::new(30, 600, Duration::from_secs(60)),
+            flow_path,
+        };
+        (app, Background { touch_rx })
     }
 
     pub fn config(&self) -> &Config {
@@ -45,23 +108,59 @@ impl App {
         &self.store
     }
 
-    pub fn http(&self) -> &HttpClient {
-        &self.http
+    pub fn now(&self) -> i64 {
+        self.clock.now()
     }
 
-    /// Route, answer, log one line. Never panics outward, never leaks a query string into the log.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    /// Start the background work: last-seen batching, pruning expired sessions, API-key re-checks.
+    pub fn spawn_background(self: &Arc<Self>, bg: Background) {
+        tokio::spawn(crate::session::run_touch_batcher(self.store.clone(), bg.touch_rx, Duration::from_secs(30)));
+        let app = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(300));
+            loop {
+                tick.tick().await;
+                match app.store.prune_expired(app.now()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(count = n, "pruned expired sessions"),
+                    Err(e) => tracing::warn!(error = %e, "could not prune expired sessions"),
+                }
+            }
+        });
+        let app = self.clone();
+        tokio::spawn(async move {
+            let every = Duration::from_secs(app.config.server.api_key_recheck_interval);
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                crate::auth::api_key::recheck_sessions(&app).await;
+            }
+        });
+        if let Some(rp) = &self.rp {
+            // Warm the discovery cache so the first login page offers SSO at once.
+            let app = self.clone();
+            let _ = rp;
+            tokio::spawn(async move {
+                if let Some(rp) = &app.rp
+                    && let Err(e) = rp.endpoints().await
+                {
+                    tracing::warn!("{e}");
+                }
+            });
+        }
+    }
+
+    /// Route, answer, log one line. Never leaks a query string into the log.
+    pub async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<Body> {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let version = req.version();
-        let (resp, route) = match path.as_str() {
-            "/_headgate/healthz" => (healthz(), "healthz"),
-            _ => (not_found(), "not_found"),
-        };
+        let (resp, route) = self.route(req, conn).await;
         tracing::info!(
             target: "headgate::request",
-            %peer,
+            peer = %conn.peer,
             method = %method,
             path = %crate::logging::escape(&path),
             ?version,
@@ -72,25 +171,49 @@ impl App {
         );
         resp
     }
+
+    async fn route(&self, req: Request<Incoming>, conn: Conn) -> (Response<Body>, &'static str) {
+        let callback = self.config.oidc.as_ref().map(|o| o.callback_path.as_str()).unwrap_or("/admin/oidc/callback");
+        let path = req.uri().path();
+        let m = req.method().clone();
+        use crate::auth;
+        match (&m, path) {
+            (_, "/_headgate/healthz") => (healthz(), "healthz"),
+            (&Method::GET | &Method::HEAD, crate::pages::STYLESHEET_PATH) => (stylesheet(), "static"),
+            (&Method::GET | &Method::HEAD, "/_headgate/whoami") => (auth::whoami(self, &req).await, "whoami"),
+            (&Method::GET | &Method::HEAD, "/admin/login" | "/admin/login.data") => {
+                (auth::login_page(self, &req, conn).await, "login_page")
+            }
+            (&Method::POST, "/admin/login" | "/admin/login.data") => (auth::api_key::login(self, req, conn).await, "api_key_login"),
+            (&Method::GET | &Method::HEAD, START_PATH) => (auth::oidc_start(self, &req, conn).await, "oidc_start"),
+            (&Method::GET | &Method::HEAD, p) if p == callback => (auth::oidc_callback(self, &req).await, "oidc_callback"),
+            (&Method::POST, "/admin/logout" | "/admin/logout.data") => (auth::logout(self, &req).await, "logout"),
+            (&Method::GET | &Method::HEAD, "/admin/logout" | "/admin/logout.data") => {
+                (respond::redirect(StatusCode::FOUND, "/admin/"), "logout_get")
+            }
+            (&Method::GET | &Method::HEAD, "/" | "/admin") => (respond::redirect(StatusCode::FOUND, "/admin/"), "root"),
+            (&Method::GET | &Method::HEAD, "/admin/") if self.config.upstream.url.is_none() => {
+                (auth::signed_in_page(self, &req).await, "signed_in")
+            }
+            _ => (not_found(), "not_found"),
+        }
+    }
 }
 
-fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::CACHE_CONTROL, "no-store")
-        .body(full(body.to_string()))
-        .expect("static response parts are valid")
-}
-
-/// Liveness: the process answers. No dependency is consulted.
 fn healthz() -> Response<Body> {
-    json(StatusCode::OK, serde_json::json!({ "status": "ok" }))
+    respond::json(StatusCode::OK, serde_json::json!({ "status": "ok" }))
 }
 
 fn not_found() -> Response<Body> {
-    json(
-        StatusCode::NOT_FOUND,
-        serde_json::json!({ "error": "not_found" }),
-    )
+    respond::json(StatusCode::NOT_FOUND, serde_json::json!({ "error": "not_found" }))
+}
+
+fn stylesheet() -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/css; charset=utf-8")
+        .header(header::CACHE_CONTROL, "public, max-age=3600")
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .body(full(crate::pages::STYLESHEET))
+        .expect("static response parts are valid")
 }

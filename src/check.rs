@@ -151,7 +151,7 @@ fn trim(u: &url::Url) -> &str {
 fn discovery_fix(e: &discovery::DiscoveryError) -> String {
     use discovery::DiscoveryError as D;
     match e {
-        D::Fetch { .. } | D::Status { .. } | D::Json { .. } => {
+        D::Fetch { .. } | D::Status { .. } | D::Json { .. } | D::Cached(_) => {
             "check oidc.issuer and that the IdP is reachable from here, or configure oidc.authorization_endpoint, \
              oidc.token_endpoint and oidc.jwks_uri"
                 .into()

@@ -126,7 +126,15 @@ fn serve(flag: Option<&Path>, env: &HashMap<String, String>) -> Result<ExitCode,
     let rt = runtime()?;
     rt.block_on(async move {
         let grace = Duration::from_secs(config.server.shutdown_timeout);
-        let app = Arc::new(App::new(Arc::new(config), store, HttpClient::new()));
+        let (app, background) = App::new(
+            Arc::new(config),
+            store,
+            HttpClient::new(),
+            Arc::new(crate::clock::SystemClock),
+            Arc::new(crate::crypto::OsRandom),
+        );
+        let app = Arc::new(app);
+        app.spawn_background(background);
         let shutdown = server::shutdown_signal()
             .map_err(|e| Failure::runtime(format!("cannot install signal handlers: {e}")))?;
         let server = Server::bind(app.clone())

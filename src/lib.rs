@@ -6,14 +6,22 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod auth;
 pub mod check;
+pub mod clock;
 pub mod cli;
 pub mod config;
+pub mod cookies;
+pub mod crypto;
+pub mod csrf;
 pub mod headscale;
 pub mod http_client;
 pub mod logging;
 pub mod oidc;
+pub mod rate_limit;
+pub mod respond;
 pub mod server;
+pub mod session;
 pub mod store;
 
 /// rustls needs one process-wide crypto provider; headgate uses ring (no C build step). Safe to call often.

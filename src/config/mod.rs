@@ -50,6 +50,10 @@ pub struct ServerConfig {
     pub allowed_redirect_domains: Vec<String>,
     pub api_key_login_cidrs: Vec<Cidr>,
     pub initial_owner: Option<String>,
+    /// Peers whose `X-Forwarded-*` headers count (default none).
+    pub trusted_proxies: Vec<Cidr>,
+    /// How often API-key sessions are re-checked at Headscale (S14).
+    pub api_key_recheck_interval: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -516,6 +520,14 @@ fn read_server(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<Ser
         }
     }
     let initial_owner = s.non_empty_string("initial_owner");
+    let mut trusted_proxies = Vec::new();
+    for (i, c) in s.string_list("trusted_proxies").unwrap_or_default().iter().enumerate() {
+        match c.parse::<Cidr>() {
+            Ok(c) => trusted_proxies.push(c),
+            Err(e) => s.error(&format!("trusted_proxies[{i}]"), e),
+        }
+    }
+    let api_key_recheck_interval = s.u64_in("api_key_recheck_interval", 300, 1, 300);
 
     if let Some(secret) = &cookie_secret {
         if secret.len() < 32 {
@@ -557,6 +569,8 @@ fn read_server(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<Ser
         allowed_redirect_domains,
         api_key_login_cidrs,
         initial_owner,
+        trusted_proxies,
+        api_key_recheck_interval,
     })
 }
 

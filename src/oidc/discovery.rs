@@ -70,6 +70,8 @@ pub enum DiscoveryError {
         "the IdP's discovery document {url} has no {field}: set oidc.{field} in the configuration"
     )]
     Missing { url: String, field: &'static str },
+    #[error("{0} (retrying shortly)")]
+    Cached(String),
     #[error("the IdP's discovery document {url} has an invalid {field} ({value:?})")]
     BadUrl {
         url: String,
@@ -180,10 +182,8 @@ pub async fn discover(
     oidc: &OidcConfig,
 ) -> Result<(Endpoints, Option<ProviderMetadata>), DiscoveryError> {
     if oidc.endpoints.complete() {
-        // Everything is configured; discovery is optional extra information (supported algorithms).
-        let meta = fetch(http, oidc).await.ok();
-        let meta = meta.filter(|m| m.issuer.as_deref().is_none_or(|i| i == oidc.issuer));
-        return Ok((resolve(oidc, meta.as_ref())?, meta));
+        // Everything needed is configured: an IdP without discovery works, and none is fetched.
+        return Ok((resolve(oidc, None)?, None));
     }
     let meta = fetch(http, oidc).await?;
     Ok((resolve(oidc, Some(&meta))?, Some(meta)))

@@ -2,3 +2,6 @@
 //! userinfo.
 
 pub mod discovery;
+pub mod flow;
+pub mod identity;
+pub mod rp;

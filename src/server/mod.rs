@@ -52,6 +52,15 @@ impl Server {
         Ok(Server { listener, tls, app })
     }
 
+    /// Serve on a listener the caller bound (in-process tests bind port 0 first to learn the address).
+    pub fn from_listener(app: Arc<App>, listener: TcpListener) -> Result<Server, ServeError> {
+        let tls = match &app.config().server.tls {
+            Some(files) => Some(TlsAcceptor::from(tls::load(files)?)),
+            None => None,
+        };
+        Ok(Server { listener, tls, app })
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
@@ -93,10 +102,11 @@ impl Server {
             let builder = builder.clone();
             let watcher = graceful.watcher();
             let tls = tls.clone();
+            let conn = crate::app::Conn { peer, tls: tls.is_some() };
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
                     let app = app.clone();
-                    async move { Ok::<_, std::convert::Infallible>(app.handle(req, peer).await) }
+                    async move { Ok::<_, std::convert::Infallible>(app.handle(req, conn).await) }
                 });
                 match tls {
                     None => {

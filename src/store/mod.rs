@@ -274,6 +274,22 @@ impl Store {
     }
 
     /// Delete every session with `expires <= now`; returns how many.
+    // ----- rate limits and replay caches (decided by the store, so they hold across replicas) -----
+
+    /// Record a failure for `key` (e.g. `api_key_login:<ip>`) and return the count within `window` seconds.
+    pub async fn record_failure(&self, key: &str, now: i64, window: i64) -> Result<u32, StoreError> {
+        dispatch!(self.record_failure(key.to_string(), now, window))
+    }
+
+    /// Failures of `key` within the last `window` seconds.
+    pub async fn failures(&self, key: &str, now: i64, window: i64) -> Result<u32, StoreError> {
+        dispatch!(self.failures(key, now, window))
+    }
+
+    pub async fn clear_failures(&self, key: &str) -> Result<(), StoreError> {
+        dispatch!(self.clear_failures(key.to_string()))
+    }
+
     pub async fn prune_expired(&self, now: i64) -> Result<u64, StoreError> {
         dispatch!(self.prune_expired(now))
     }

@@ -60,7 +60,10 @@ const SESSIONS_BY_EXPIRY: TableDefinition<(i64, [u8; 32]), ()> =
 /// audit id → [`AuditEvent`]
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
-const ALL_TABLES: [&str; 9] = [
+/// `<scope>:<client>` → the unix times of recent failures (rate limits that must hold across replicas, S14).
+const RATE_LIMITS: TableDefinition<&str, &[u8]> = TableDefinition::new("rate_limits");
+
+const ALL_TABLES: [&str; 10] = [
     "meta",
     "users",
     "users_by_subject",
@@ -70,6 +73,7 @@ const ALL_TABLES: [&str; 9] = [
     "sessions_by_user",
     "sessions_by_expiry",
     "audit",
+    "rate_limits",
 ];
 
 fn create_tables(txn: &WriteTransaction) -> Result<(), Fail> {
@@ -82,6 +86,7 @@ fn create_tables(txn: &WriteTransaction) -> Result<(), Fail> {
     txn.open_table(SESSIONS_BY_USER)?;
     txn.open_table(SESSIONS_BY_EXPIRY)?;
     txn.open_table(AUDIT)?;
+    txn.open_table(RATE_LIMITS)?;
     Ok(())
 }
 
@@ -782,6 +787,47 @@ impl RedbStore {
                 return Err(user_not_found(uid));
             }
             sessions.insert(key, &record)
+        })
+        .await
+    }
+
+    /// Record a failure for `key` at `now` and return how many fall within the last `window` seconds.
+    pub(super) async fn record_failure(&self, key: String, now: i64, window: i64) -> Result<u32, StoreError> {
+        self.write(move |txn| {
+            let mut t = txn.open_table(RATE_LIMITS)?;
+            let mut times: Vec<i64> = match t.get(key.as_str())? {
+                Some(v) => serde_json::from_slice(v.value()).unwrap_or_default(),
+                None => Vec::new(),
+            };
+            times.retain(|x| *x > now - window);
+            times.push(now);
+            // Bounded: only the newest entries matter for any sane limit.
+            let excess = times.len().saturating_sub(256);
+            times.drain(..excess);
+            let bytes = serde_json::to_vec(&times).expect("a list of numbers serialises");
+            t.insert(key.as_str(), bytes.as_slice())?;
+            Ok(times.len() as u32)
+        })
+        .await
+    }
+
+    /// How many failures `key` has within the last `window` seconds (a read).
+    pub(super) async fn failures(&self, key: &str, now: i64, window: i64) -> Result<u32, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(RATE_LIMITS)?;
+            let times: Vec<i64> = match t.get(key)? {
+                Some(v) => serde_json::from_slice(v.value()).unwrap_or_default(),
+                None => Vec::new(),
+            };
+            Ok(times.iter().filter(|x| **x > now - window).count() as u32)
+        })
+    }
+
+    /// Forget the failures of `key` (after a success).
+    pub(super) async fn clear_failures(&self, key: String) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            txn.open_table(RATE_LIMITS)?.remove(key.as_str())?;
+            Ok(())
         })
         .await
     }

@@ -4,10 +4,13 @@
 
 mod harness;
 
+mod api_key_login;
 mod check_config;
 mod cli;
 mod config;
 mod fake_headscale;
 mod idp;
 mod serve;
+mod sessions;
+mod signin;
 mod store;

@@ -8,8 +8,10 @@ pub mod echo;
 pub mod fake_headscale;
 pub mod headgate;
 pub mod idp;
+pub mod inproc;
 pub mod process;
 pub mod rogue;
+pub mod stack;
 
 use std::path::PathBuf;
 

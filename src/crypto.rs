@@ -1,0 +1,208 @@
+//! Keys derived from `server.cookie_secret` (and `cookie_secret_previous`) with HKDF-SHA256, one per purpose
+//! (S6), and the primitives built on them: MACs compared in constant time, AEAD for flow cookies and
+//! secrets at rest. Randomness comes through `Random`, so tests can control it.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::config::Secret;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// What a derived key is for; the label is part of the HKDF info, so keys never serve two purposes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    SessionMac,
+    FlowEncryption,
+    Csrf,
+    KeyEncryption,
+}
+
+impl Purpose {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Purpose::SessionMac => b"headgate v1 session-mac",
+            Purpose::FlowEncryption => b"headgate v1 flow-encryption",
+            Purpose::Csrf => b"headgate v1 csrf",
+            Purpose::KeyEncryption => b"headgate v1 key-encryption",
+        }
+    }
+}
+
+#[derive(Clone)]
+struct KeySet {
+    session_mac: [u8; 32],
+    flow: [u8; 32],
+    csrf: [u8; 32],
+    key_enc: [u8; 32],
+}
+
+impl KeySet {
+    fn derive(secret: &Secret) -> Self {
+        let hk = Hkdf::<Sha256>::new(Some(b"headgate cookie_secret"), secret.expose().as_bytes());
+        let get = |p: Purpose| {
+            let mut out = [0u8; 32];
+            hk.expand(p.label(), &mut out).expect("32 bytes is a valid HKDF-SHA256 length");
+            out
+        };
+        KeySet {
+            session_mac: get(Purpose::SessionMac),
+            flow: get(Purpose::FlowEncryption),
+            csrf: get(Purpose::Csrf),
+            key_enc: get(Purpose::KeyEncryption),
+        }
+    }
+
+    fn get(&self, p: Purpose) -> &[u8; 32] {
+        match p {
+            Purpose::SessionMac => &self.session_mac,
+            Purpose::FlowEncryption => &self.flow,
+            Purpose::Csrf => &self.csrf,
+            Purpose::KeyEncryption => &self.key_enc,
+        }
+    }
+}
+
+/// The current keys (used to sign and encrypt) and the previous ones (still accepted when verifying and
+/// decrypting, so rotating `cookie_secret` logs nobody out).
+#[derive(Clone)]
+pub struct Keys {
+    current: KeySet,
+    previous: Option<KeySet>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(<redacted>)")
+    }
+}
+
+impl Keys {
+    pub fn new(current: &Secret, previous: Option<&Secret>) -> Self {
+        Keys { current: KeySet::derive(current), previous: previous.map(KeySet::derive) }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &KeySet> {
+        std::iter::once(&self.current).chain(self.previous.iter())
+    }
+
+    /// HMAC-SHA256 of `msg` with the current key for `purpose`.
+    pub fn mac(&self, purpose: Purpose, msg: &[u8]) -> [u8; 32] {
+        let mut m = <HmacSha256 as hmac::KeyInit>::new_from_slice(self.current.get(purpose)).expect("any key length");
+        m.update(msg);
+        m.finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is the MAC of `msg` under the current or the previous key (constant time).
+    pub fn verify_mac(&self, purpose: Purpose, msg: &[u8], tag: &[u8]) -> bool {
+        let mut ok = false;
+        for ks in self.all() {
+            let mut m = <HmacSha256 as hmac::KeyInit>::new_from_slice(ks.get(purpose)).expect("any key length");
+            m.update(msg);
+            ok |= m.verify_slice(tag).is_ok();
+        }
+        ok
+    }
+
+    /// Encrypt with the current key: `nonce (12) || ciphertext+tag`. `aad` binds the ciphertext to its use.
+    pub fn seal(&self, purpose: Purpose, random: &dyn Random, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let cipher = ChaCha20Poly1305::new(&Key::from(*self.current.get(purpose)));
+        let mut nonce = [0u8; 12];
+        random.fill(&mut nonce);
+        let ct = cipher
+            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad })
+            .expect("ChaCha20-Poly1305 encryption does not fail for in-memory sizes");
+        let mut out = Vec::with_capacity(12 + ct.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    /// Decrypt with the current, then the previous key.
+    pub fn open(&self, purpose: Purpose, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < 12 + 16 {
+            return None;
+        }
+        let (nonce, ct) = sealed.split_at(12);
+        let nonce = Nonce::try_from(nonce).ok()?;
+        self.all().find_map(|ks| {
+            ChaCha20Poly1305::new(&Key::from(*ks.get(purpose)))
+                .decrypt(&nonce, Payload { msg: ct, aad })
+                .ok()
+        })
+    }
+}
+
+/// A source of randomness (the OS in production; tests may substitute a deterministic one).
+pub trait Random: Send + Sync {
+    fn fill(&self, buf: &mut [u8]);
+}
+
+/// The operating system's CSPRNG.
+pub struct OsRandom;
+
+impl Random for OsRandom {
+    fn fill(&self, buf: &mut [u8]) {
+        getrandom::fill(buf).expect("the OS random number generator failed");
+    }
+}
+
+/// `n` random bytes as unpadded base64url.
+pub fn random_b64(random: &dyn Random, n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    random.fill(&mut buf);
+    B64.encode(buf)
+}
+
+pub fn b64(data: &[u8]) -> String {
+    B64.encode(data)
+}
+
+pub fn unb64(s: &str) -> Option<Vec<u8>> {
+    B64.decode(s).ok()
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// Constant-time equality of two byte strings (the length is not secret).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(s: &str, p: Option<&str>) -> Keys {
+        Keys::new(&Secret::new(s), p.map(Secret::new).as_ref())
+    }
+
+    #[test]
+    fn purposes_get_different_keys() {
+        let k = keys(&"a".repeat(32), None);
+        assert_ne!(k.mac(Purpose::SessionMac, b"x"), k.mac(Purpose::Csrf, b"x"));
+    }
+
+    #[test]
+    fn previous_secret_still_verifies_and_decrypts() {
+        let old = keys(&"old".repeat(11), None);
+        let tag = old.mac(Purpose::SessionMac, b"id");
+        let sealed = old.seal(Purpose::FlowEncryption, &OsRandom, b"aad", b"hello");
+        let rotated = keys(&"new".repeat(11), Some(&"old".repeat(11)));
+        assert!(rotated.verify_mac(Purpose::SessionMac, b"id", &tag));
+        assert_eq!(rotated.open(Purpose::FlowEncryption, b"aad", &sealed).as_deref(), Some(&b"hello"[..]));
+        let unrelated = keys(&"new".repeat(11), None);
+        assert!(!unrelated.verify_mac(Purpose::SessionMac, b"id", &tag));
+        assert!(unrelated.open(Purpose::FlowEncryption, b"aad", &sealed).is_none());
+        // Another associated-data context does not open it either.
+        assert!(rotated.open(Purpose::FlowEncryption, b"other", &sealed).is_none());
+    }
+}
