@@ -13,6 +13,7 @@ pub mod headscale;
 pub mod http_client;
 pub mod logging;
 pub mod oidc;
+pub mod pages;
 pub mod server;
 pub mod store;
 
