@@ -20,6 +20,7 @@ pub mod logging;
 pub mod oidc;
 pub mod rate_limit;
 pub mod respond;
+pub mod pages;
 pub mod server;
 pub mod session;
 pub mod store;
