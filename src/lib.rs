@@ -13,6 +13,7 @@ pub mod headscale;
 pub mod http_client;
 pub mod logging;
 pub mod oidc;
+pub mod redirect;
 pub mod server;
 pub mod store;
 
