@@ -21,6 +21,7 @@ pub mod oidc;
 pub mod rate_limit;
 pub mod respond;
 pub mod pages;
+pub mod redirect;
 pub mod server;
 pub mod session;
 pub mod store;

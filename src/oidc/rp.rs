@@ -245,30 +245,33 @@ impl RelyingParty {
         verifier: Option<&str>,
         method: TokenAuthMethod,
     ) -> Result<TokenResponse, SignInError> {
-        let mut form = url::form_urlencoded::Serializer::new(String::new());
-        form.append_pair("grant_type", "authorization_code")
-            .append_pair("code", code)
-            .append_pair("redirect_uri", &self.redirect_uri);
-        if let Some(v) = verifier {
-            form.append_pair("code_verifier", v);
-        }
-        let secret = self.cfg.client_secret.as_ref().map(|s| s.expose()).unwrap_or("");
-        let mut basic = None;
-        match (method, self.cfg.client_secret.is_some()) {
-            (_, false) => {
-                form.append_pair("client_id", &self.cfg.client_id);
+        // Built in a block: the serializer is not Send and must not live across the await below.
+        let (body, basic) = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "authorization_code")
+                .append_pair("code", code)
+                .append_pair("redirect_uri", &self.redirect_uri);
+            if let Some(v) = verifier {
+                form.append_pair("code_verifier", v);
             }
-            (TokenAuthMethod::ClientSecretPost, true) => {
-                form.append_pair("client_id", &self.cfg.client_id).append_pair("client_secret", secret);
+            let secret = self.cfg.client_secret.as_ref().map(|s| s.expose()).unwrap_or("");
+            let mut basic = None;
+            match (method, self.cfg.client_secret.is_some()) {
+                (_, false) => {
+                    form.append_pair("client_id", &self.cfg.client_id);
+                }
+                (TokenAuthMethod::ClientSecretPost, true) => {
+                    form.append_pair("client_id", &self.cfg.client_id).append_pair("client_secret", secret);
+                }
+                (TokenAuthMethod::ClientSecretBasic, true) => {
+                    // RFC 6749 2.3.1: both parts form-urlencoded before base64.
+                    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                    let pair = format!("{}:{}", enc(&self.cfg.client_id), enc(secret));
+                    basic = Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)));
+                }
             }
-            (TokenAuthMethod::ClientSecretBasic, true) => {
-                // RFC 6749 2.3.1: both parts form-urlencoded before base64.
-                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-                let pair = format!("{}:{}", enc(&self.cfg.client_id), enc(secret));
-                basic = Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)));
-            }
-        }
-        let body = form.finish();
+            (form.finish(), basic)
+        };
         let mut headers = vec![("content-type", "application/x-www-form-urlencoded"), ("accept", "application/json")];
         if let Some(b) = &basic {
             headers.push(("authorization", b.as_str()));
