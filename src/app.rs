@@ -39,6 +39,7 @@ pub const LOGIN_PATH: &str = "/admin/login";
 pub struct App {
     pub(crate) config: Arc<Config>,
     pub(crate) store: Store,
+    #[allow(dead_code)] // the gate (proxy) and Headscale calls of later issues use it
     pub(crate) http: HttpClient,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) random: Arc<dyn Random>,
@@ -73,14 +74,39 @@ impl App {
         clock: Arc<dyn Clock>,
         random: Arc<dyn Random>,
     ) -> (App, Background) {
-        let keys = Arc::new(Keys::new(&config.server.cookie_secret, config.server.cookie_secret_previous.as_ref()));
-        let cookies = CookieSettings { secure: config.server.cookie_secure, domain: config.server.cookie_domain.clone() };
+        let keys = Arc::new(Keys::new(
+            &config.server.cookie_secret,
+            config.server.cookie_secret_previous.as_ref(),
+        ));
+        let cookies = CookieSettings {
+            secure: config.server.cookie_secure,
+            domain: config.server.cookie_domain.clone(),
+        };
         let (touch_tx, touch_rx) = mpsc::channel(4096);
-        let sessions = Sessions::new(keys.clone(), cookies.clone(), store.clone(), random.clone(), touch_tx);
-        let rp = config.oidc.as_ref().map(|o| RelyingParty::new(Arc::new(o.clone()), http.clone(), &config.server.base_url));
-        let headscale = config.headscale.as_ref().map(|h| Headscale::new(http.clone(), h.url.clone(), h.api_key.clone()));
-        let redirects = RedirectPolicy::new(&config.server.base_url, &config.server.allowed_redirect_domains);
-        let callback = config.oidc.as_ref().map(|o| o.callback_path.clone()).unwrap_or_else(|| "/admin/oidc/callback".into());
+        let sessions = Sessions::new(
+            keys.clone(),
+            cookies.clone(),
+            store.clone(),
+            random.clone(),
+            touch_tx,
+        );
+        let rp = config
+            .oidc
+            .as_ref()
+            .map(|o| RelyingParty::new(Arc::new(o.clone()), http.clone(), &config.server.base_url));
+        let headscale = config
+            .headscale
+            .as_ref()
+            .map(|h| Headscale::new(http.clone(), h.url.clone(), h.api_key.clone()));
+        let redirects = RedirectPolicy::new(
+            &config.server.base_url,
+            &config.server.allowed_redirect_domains,
+        );
+        let callback = config
+            .oidc
+            .as_ref()
+            .map(|o| o.callback_path.clone())
+            .unwrap_or_else(|| "/admin/oidc/callback".into());
         let flow_path = crate::oidc::flow::common_cookie_path(START_PATH, &callback);
         let app = App {
             config,
@@ -114,7 +140,11 @@ impl App {
 
     /// Start the background work: last-seen batching, pruning expired sessions, API-key re-checks.
     pub fn spawn_background(self: &Arc<Self>, bg: Background) {
-        tokio::spawn(crate::session::run_touch_batcher(self.store.clone(), bg.touch_rx, Duration::from_secs(30)));
+        tokio::spawn(crate::session::run_touch_batcher(
+            self.store.clone(),
+            bg.touch_rx,
+            Duration::from_secs(30),
+        ));
         let app = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(300));
@@ -173,25 +203,45 @@ impl App {
     }
 
     async fn route(&self, req: Request<Incoming>, conn: Conn) -> (Response<Body>, &'static str) {
-        let callback = self.config.oidc.as_ref().map(|o| o.callback_path.as_str()).unwrap_or("/admin/oidc/callback");
+        let callback = self
+            .config
+            .oidc
+            .as_ref()
+            .map(|o| o.callback_path.as_str())
+            .unwrap_or("/admin/oidc/callback");
         let path = req.uri().path();
         let m = req.method().clone();
         use crate::auth;
         match (&m, path) {
             (_, "/_headgate/healthz") => (healthz(), "healthz"),
-            (&Method::GET | &Method::HEAD, crate::pages::STYLESHEET_PATH) => (stylesheet(), "static"),
-            (&Method::GET | &Method::HEAD, "/_headgate/whoami") => (auth::whoami(self, &req).await, "whoami"),
+            (&Method::GET | &Method::HEAD, crate::pages::STYLESHEET_PATH) => {
+                (stylesheet(), "static")
+            }
+            (&Method::GET | &Method::HEAD, "/_headgate/whoami") => {
+                (auth::whoami(self, &req).await, "whoami")
+            }
             (&Method::GET | &Method::HEAD, "/admin/login" | "/admin/login.data") => {
                 (auth::login_page(self, &req, conn).await, "login_page")
             }
-            (&Method::POST, "/admin/login" | "/admin/login.data") => (auth::api_key::login(self, req, conn).await, "api_key_login"),
-            (&Method::GET | &Method::HEAD, START_PATH) => (auth::oidc_start(self, &req, conn).await, "oidc_start"),
-            (&Method::GET | &Method::HEAD, p) if p == callback => (auth::oidc_callback(self, &req).await, "oidc_callback"),
-            (&Method::POST, "/admin/logout" | "/admin/logout.data") => (auth::logout(self, &req).await, "logout"),
-            (&Method::GET | &Method::HEAD, "/admin/logout" | "/admin/logout.data") => {
-                (respond::redirect(StatusCode::FOUND, "/admin/"), "logout_get")
+            (&Method::POST, "/admin/login" | "/admin/login.data") => {
+                (auth::api_key::login(self, req, conn).await, "api_key_login")
             }
-            (&Method::GET | &Method::HEAD, "/" | "/admin") => (respond::redirect(StatusCode::FOUND, "/admin/"), "root"),
+            (&Method::GET | &Method::HEAD, START_PATH) => {
+                (auth::oidc_start(self, &req, conn).await, "oidc_start")
+            }
+            (&Method::GET | &Method::HEAD, p) if p == callback => {
+                (auth::oidc_callback(self, &req).await, "oidc_callback")
+            }
+            (&Method::POST, "/admin/logout" | "/admin/logout.data") => {
+                (auth::logout(self, &req).await, "logout")
+            }
+            (&Method::GET | &Method::HEAD, "/admin/logout" | "/admin/logout.data") => (
+                respond::redirect(StatusCode::FOUND, "/admin/"),
+                "logout_get",
+            ),
+            (&Method::GET | &Method::HEAD, "/" | "/admin") => {
+                (respond::redirect(StatusCode::FOUND, "/admin/"), "root")
+            }
             (&Method::GET | &Method::HEAD, "/admin/") if self.config.upstream.url.is_none() => {
                 (auth::signed_in_page(self, &req).await, "signed_in")
             }
@@ -205,7 +255,10 @@ fn healthz() -> Response<Body> {
 }
 
 fn not_found() -> Response<Body> {
-    respond::json(StatusCode::NOT_FOUND, serde_json::json!({ "error": "not_found" }))
+    respond::json(
+        StatusCode::NOT_FOUND,
+        serde_json::json!({ "error": "not_found" }),
+    )
 }
 
 fn stylesheet() -> Response<Body> {

@@ -26,7 +26,10 @@ impl CookieSettings {
 
     /// A `Set-Cookie` value. `max_age` None makes a browser-session cookie.
     pub fn set(&self, base: &str, value: &str, path: &str, max_age: Option<u64>) -> String {
-        let mut c = format!("{}={value}; Path={path}; HttpOnly; SameSite=Lax", self.name(base, path));
+        let mut c = format!(
+            "{}={value}; Path={path}; HttpOnly; SameSite=Lax",
+            self.name(base, path)
+        );
         if self.secure {
             c.push_str("; Secure");
         }
@@ -64,7 +67,10 @@ pub fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)
 
 /// The values of every cookie called `name`.
 pub fn values<'a>(headers: &'a HeaderMap, name: &'a str) -> Vec<&'a str> {
-    request_cookies(headers).filter(|(n, _)| *n == name).map(|(_, v)| v).collect()
+    request_cookies(headers)
+        .filter(|(n, _)| *n == name)
+        .map(|(_, v)| v)
+        .collect()
 }
 
 #[cfg(test)]
@@ -73,16 +79,34 @@ mod tests {
 
     #[test]
     fn attributes_and_prefixes() {
-        let s = CookieSettings { secure: true, domain: None };
+        let s = CookieSettings {
+            secure: true,
+            domain: None,
+        };
         assert_eq!(
             s.set("headgate_session", "v", "/", Some(60)),
             "__Host-headgate_session=v; Path=/; HttpOnly; SameSite=Lax; Secure; Max-Age=60"
         );
-        assert!(s.set("f", "v", "/admin/oidc", None).starts_with("__Secure-f=v; Path=/admin/oidc;"));
-        let d = CookieSettings { secure: true, domain: Some("example.com".into()) };
-        assert!(d.set("s", "v", "/", None).starts_with("__Secure-s=v") && d.set("s", "v", "/", None).contains("Domain=example.com"));
-        let plain = CookieSettings { secure: false, domain: None };
-        assert_eq!(plain.set("s", "v", "/", None), "s=v; Path=/; HttpOnly; SameSite=Lax");
+        assert!(
+            s.set("f", "v", "/admin/oidc", None)
+                .starts_with("__Secure-f=v; Path=/admin/oidc;")
+        );
+        let d = CookieSettings {
+            secure: true,
+            domain: Some("example.com".into()),
+        };
+        assert!(
+            d.set("s", "v", "/", None).starts_with("__Secure-s=v")
+                && d.set("s", "v", "/", None).contains("Domain=example.com")
+        );
+        let plain = CookieSettings {
+            secure: false,
+            domain: None,
+        };
+        assert_eq!(
+            plain.set("s", "v", "/", None),
+            "s=v; Path=/; HttpOnly; SameSite=Lax"
+        );
         assert!(plain.clear("s", "/").contains("Max-Age=0"));
     }
 
@@ -91,7 +115,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(COOKIE, "a=1; s=x".parse().unwrap());
         h.append(COOKIE, "s=y;b=2".parse().unwrap());
-        h.append(COOKIE, format!("s={}", "z".repeat(MAX_VALUE_LEN + 1)).parse().unwrap());
+        h.append(
+            COOKIE,
+            format!("s={}", "z".repeat(MAX_VALUE_LEN + 1))
+                .parse()
+                .unwrap(),
+        );
         assert_eq!(values(&h, "s"), vec!["x", "y"]);
         assert_eq!(values(&h, "b"), vec!["2"]);
     }

@@ -47,7 +47,8 @@ impl KeySet {
         let hk = Hkdf::<Sha256>::new(Some(b"headgate cookie_secret"), secret.expose().as_bytes());
         let get = |p: Purpose| {
             let mut out = [0u8; 32];
-            hk.expand(p.label(), &mut out).expect("32 bytes is a valid HKDF-SHA256 length");
+            hk.expand(p.label(), &mut out)
+                .expect("32 bytes is a valid HKDF-SHA256 length");
             out
         };
         KeySet {
@@ -84,7 +85,10 @@ impl std::fmt::Debug for Keys {
 
 impl Keys {
     pub fn new(current: &Secret, previous: Option<&Secret>) -> Self {
-        Keys { current: KeySet::derive(current), previous: previous.map(KeySet::derive) }
+        Keys {
+            current: KeySet::derive(current),
+            previous: previous.map(KeySet::derive),
+        }
     }
 
     fn all(&self) -> impl Iterator<Item = &KeySet> {
@@ -93,7 +97,8 @@ impl Keys {
 
     /// HMAC-SHA256 of `msg` with the current key for `purpose`.
     pub fn mac(&self, purpose: Purpose, msg: &[u8]) -> [u8; 32] {
-        let mut m = <HmacSha256 as hmac::KeyInit>::new_from_slice(self.current.get(purpose)).expect("any key length");
+        let mut m = <HmacSha256 as hmac::KeyInit>::new_from_slice(self.current.get(purpose))
+            .expect("any key length");
         m.update(msg);
         m.finalize().into_bytes().into()
     }
@@ -102,7 +107,8 @@ impl Keys {
     pub fn verify_mac(&self, purpose: Purpose, msg: &[u8], tag: &[u8]) -> bool {
         let mut ok = false;
         for ks in self.all() {
-            let mut m = <HmacSha256 as hmac::KeyInit>::new_from_slice(ks.get(purpose)).expect("any key length");
+            let mut m = <HmacSha256 as hmac::KeyInit>::new_from_slice(ks.get(purpose))
+                .expect("any key length");
             m.update(msg);
             ok |= m.verify_slice(tag).is_ok();
         }
@@ -110,12 +116,24 @@ impl Keys {
     }
 
     /// Encrypt with the current key: `nonce (12) || ciphertext+tag`. `aad` binds the ciphertext to its use.
-    pub fn seal(&self, purpose: Purpose, random: &dyn Random, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    pub fn seal(
+        &self,
+        purpose: Purpose,
+        random: &dyn Random,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Vec<u8> {
         let cipher = ChaCha20Poly1305::new(&Key::from(*self.current.get(purpose)));
         let mut nonce = [0u8; 12];
         random.fill(&mut nonce);
         let ct = cipher
-            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad })
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .expect("ChaCha20-Poly1305 encryption does not fail for in-memory sizes");
         let mut out = Vec::with_capacity(12 + ct.len());
         out.extend_from_slice(&nonce);
@@ -198,11 +216,24 @@ mod tests {
         let sealed = old.seal(Purpose::FlowEncryption, &OsRandom, b"aad", b"hello");
         let rotated = keys(&"new".repeat(11), Some(&"old".repeat(11)));
         assert!(rotated.verify_mac(Purpose::SessionMac, b"id", &tag));
-        assert_eq!(rotated.open(Purpose::FlowEncryption, b"aad", &sealed).as_deref(), Some(&b"hello"[..]));
+        assert_eq!(
+            rotated
+                .open(Purpose::FlowEncryption, b"aad", &sealed)
+                .as_deref(),
+            Some(&b"hello"[..])
+        );
         let unrelated = keys(&"new".repeat(11), None);
         assert!(!unrelated.verify_mac(Purpose::SessionMac, b"id", &tag));
-        assert!(unrelated.open(Purpose::FlowEncryption, b"aad", &sealed).is_none());
+        assert!(
+            unrelated
+                .open(Purpose::FlowEncryption, b"aad", &sealed)
+                .is_none()
+        );
         // Another associated-data context does not open it either.
-        assert!(rotated.open(Purpose::FlowEncryption, b"other", &sealed).is_none());
+        assert!(
+            rotated
+                .open(Purpose::FlowEncryption, b"other", &sealed)
+                .is_none()
+        );
     }
 }

@@ -20,7 +20,11 @@ pub fn same_origin(headers: &HeaderMap, base: &Url) -> bool {
         return o.to_str().map(|o| o == ours).unwrap_or(false);
     }
     if let Some(r) = headers.get(http::header::REFERER) {
-        return r.to_str().ok().and_then(|r| Url::parse(r).ok()).is_some_and(|r| origin_of(&r) == ours);
+        return r
+            .to_str()
+            .ok()
+            .and_then(|r| Url::parse(r).ok())
+            .is_some_and(|r| origin_of(&r) == ours);
     }
     headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("same-origin")
 }
@@ -38,7 +42,9 @@ pub fn token_for(keys: &Keys, cookie_value: &str) -> String {
 /// Whether `token` belongs to `cookie_value` (constant time; current or previous secret).
 pub fn verify(keys: &Keys, cookie_value: &str, token: &str) -> bool {
     match crypto::unb64(token) {
-        Some(tag) if tag.len() == 32 => keys.verify_mac(Purpose::Csrf, cookie_value.as_bytes(), &tag),
+        Some(tag) if tag.len() == 32 => {
+            keys.verify_mac(Purpose::Csrf, cookie_value.as_bytes(), &tag)
+        }
         _ => false,
     }
 }

@@ -28,7 +28,11 @@ impl RateLimiter {
             per_ip,
             global,
             window,
-            state: Mutex::new(State { started: Instant::now(), total: 0, by_ip: HashMap::new() }),
+            state: Mutex::new(State {
+                started: Instant::now(),
+                total: 0,
+                by_ip: HashMap::new(),
+            }),
         }
     }
 

@@ -22,7 +22,8 @@ pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
         .body(full(""))
         .expect("static response parts are valid");
     // A location that is not a valid header value (it never should be: targets are validated) falls back.
-    let loc = HeaderValue::from_str(location).unwrap_or_else(|_| HeaderValue::from_static("/admin/"));
+    let loc =
+        HeaderValue::from_str(location).unwrap_or_else(|_| HeaderValue::from_static("/admin/"));
     r.headers_mut().insert(header::LOCATION, loc);
     r
 }
@@ -45,15 +46,25 @@ pub fn single_fetch_redirect(target: &str, reload: bool) -> Response<Body> {
 
 /// An HTML page with every security header (S18).
 pub fn page(status: StatusCode, html: String) -> Response<Body> {
-    let mut b = Response::builder().status(status).header(header::CONTENT_TYPE, "text/html; charset=utf-8");
+    let mut b = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8");
     for (k, v) in crate::pages::security_headers() {
         b = b.header(*k, *v);
     }
     b.body(full(html)).expect("static response parts are valid")
 }
 
-pub fn error_page(status: StatusCode, title: &str, message: &str, hint: Option<&str>) -> Response<Body> {
-    page(status, crate::pages::error::render_error(status.as_u16(), title, message, hint, Some("/admin/")))
+pub fn error_page(
+    status: StatusCode,
+    title: &str,
+    message: &str,
+    hint: Option<&str>,
+) -> Response<Body> {
+    page(
+        status,
+        crate::pages::error::render_error(status.as_u16(), title, message, hint, Some("/admin/")),
+    )
 }
 
 /// Add `Set-Cookie` values to a response.

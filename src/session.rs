@@ -45,7 +45,7 @@ impl VerifiedSession {
 pub enum Lookup {
     /// No session cookie.
     None,
-    Valid(VerifiedSession),
+    Valid(Box<VerifiedSession>),
     /// A session cookie that is forged, unknown, expired or whose user is gone: clear it.
     Invalid,
     /// More than one session cookie (S6): refuse with 401 and clear.
@@ -69,7 +69,13 @@ impl Sessions {
         random: Arc<dyn Random>,
         touch: mpsc::Sender<(SessionKey, i64)>,
     ) -> Self {
-        Sessions { keys, cookies, store, random, touch }
+        Sessions {
+            keys,
+            cookies,
+            store,
+            random,
+            touch,
+        }
     }
 
     pub fn cookie_name(&self) -> String {
@@ -81,7 +87,10 @@ impl Sessions {
         let mut id = [0u8; 32];
         self.random.fill(&mut id);
         let tag = self.keys.mac(Purpose::SessionMac, &id);
-        (format!("{}.{}", crypto::b64(&id), crypto::b64(&tag)), SessionKey::from_raw_id(&id))
+        (
+            format!("{}.{}", crypto::b64(&id), crypto::b64(&tag)),
+            SessionKey::from_raw_id(&id),
+        )
     }
 
     /// The cookie value's session key, when its MAC verifies (current or previous secret).
@@ -95,7 +104,9 @@ impl Sessions {
         if id.len() != 32 || tag.len() != 32 {
             return None;
         }
-        self.keys.verify_mac(Purpose::SessionMac, &id, &tag).then(|| SessionKey::from_raw_id(&id))
+        self.keys
+            .verify_mac(Purpose::SessionMac, &id, &tag)
+            .then(|| SessionKey::from_raw_id(&id))
     }
 
     /// Store a new session and return its `Set-Cookie` value.
@@ -119,8 +130,12 @@ impl Sessions {
             [one] => *one,
             _ => return Ok(Lookup::Ambiguous),
         };
-        let Some(key) = self.verify_cookie(value) else { return Ok(Lookup::Invalid) };
-        let Some(record) = self.store.session(&key).await? else { return Ok(Lookup::Invalid) };
+        let Some(key) = self.verify_cookie(value) else {
+            return Ok(Lookup::Invalid);
+        };
+        let Some(record) = self.store.session(&key).await? else {
+            return Ok(Lookup::Invalid);
+        };
         if now >= record.expires {
             return Ok(Lookup::Invalid);
         }
@@ -133,9 +148,13 @@ impl Sessions {
         };
         if now - record.last_seen >= TOUCH_EVERY_SECS {
             // Best effort and never blocking: a full queue just skips this update.
-            let _ = self.touch.try_send((key.clone(), now));
+            let _ = self.touch.try_send((key, now));
         }
-        Ok(Lookup::Valid(VerifiedSession { key, record, user }))
+        Ok(Lookup::Valid(Box::new(VerifiedSession {
+            key,
+            record,
+            user,
+        })))
     }
 
     pub async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError> {
@@ -144,7 +163,11 @@ impl Sessions {
 }
 
 /// Batch last-seen updates into one write transaction every `every`; runs until the sender side closes.
-pub async fn run_touch_batcher(store: Store, mut rx: mpsc::Receiver<(SessionKey, i64)>, every: std::time::Duration) {
+pub async fn run_touch_batcher(
+    store: Store,
+    mut rx: mpsc::Receiver<(SessionKey, i64)>,
+    every: std::time::Duration,
+) {
     let mut batch: Vec<(SessionKey, i64)> = Vec::new();
     let mut tick = tokio::time::interval(every);
     loop {

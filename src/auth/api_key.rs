@@ -44,7 +44,11 @@ impl Refusal {
 
 /// Headscale's key formats: `hskey-api-<12>-<64>` (v0.28+) or legacy `<7>.<32>`.
 pub fn well_formed(key: &str) -> bool {
-    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
     if let Some(rest) = key.strip_prefix("hskey-api-") {
         return rest.len() > 13 && ok(rest);
     }
@@ -55,11 +59,14 @@ pub fn well_formed(key: &str) -> bool {
 }
 
 fn matching<'a>(keys: &'a [ApiKey], full: &str) -> Option<&'a ApiKey> {
-    keys.iter().find(|k| !k.bare_prefix().is_empty() && full.starts_with(k.bare_prefix()))
+    keys.iter()
+        .find(|k| !k.bare_prefix().is_empty() && full.starts_with(k.bare_prefix()))
 }
 
 fn parse_time(s: &str) -> Option<i64> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok().map(|t| t.unix_timestamp())
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
 }
 
 /// Check a submitted key: Ok((prefix, expiry)) or the refusal to show.
@@ -68,7 +75,11 @@ async fn validate(app: &App, key: &str, now: i64) -> Result<(String, i64), Refus
     match hs.list_api_keys_with(key).await {
         Ok(list) => {
             let k = matching(&list, key).ok_or(Refusal::NotFound)?;
-            let exp = k.expiration.as_deref().and_then(parse_time).ok_or(Refusal::NoExpiration)?;
+            let exp = k
+                .expiration
+                .as_deref()
+                .and_then(parse_time)
+                .ok_or(Refusal::NoExpiration)?;
             // Headscale's zero time means "no expiration was set".
             if exp <= 0 {
                 return Err(Refusal::NoExpiration);
@@ -85,14 +96,21 @@ async fn validate(app: &App, key: &str, now: i64) -> Result<(String, i64), Refus
             // Tell "expired" and "not found" apart with headgate's own key (Headplane cannot).
             match hs.list_api_keys_with(hs_own_key(app)).await {
                 Ok(all) => match matching(&all, key) {
-                    Some(k) if k.expiration.as_deref().and_then(parse_time).is_some_and(|e| e > 0 && e <= now) => {
+                    Some(k)
+                        if k.expiration
+                            .as_deref()
+                            .and_then(parse_time)
+                            .is_some_and(|e| e > 0 && e <= now) =>
+                    {
                         Err(Refusal::Expired)
                     }
                     Some(_) => Err(Refusal::Invalid),
                     None => Err(Refusal::NotFound),
                 },
                 Err(e) => {
-                    tracing::warn!("could not list API keys with headscale.api_key to explain a refusal: {e}");
+                    tracing::warn!(
+                        "could not list API keys with headscale.api_key to explain a refusal: {e}"
+                    );
                     Err(Refusal::Invalid)
                 }
             }
@@ -105,7 +123,11 @@ async fn validate(app: &App, key: &str, now: i64) -> Result<(String, i64), Refus
 }
 
 fn hs_own_key(app: &App) -> &str {
-    app.config.headscale.as_ref().map(|h| h.api_key.expose()).unwrap_or("")
+    app.config
+        .headscale
+        .as_ref()
+        .map(|h| h.api_key.expose())
+        .unwrap_or("")
 }
 
 fn form_page(app: &App, error: &str, rd: Option<&str>, status: StatusCode) -> Response<Body> {
@@ -126,15 +148,25 @@ fn form_page(app: &App, error: &str, rd: Option<&str>, status: StatusCode) -> Re
         start_path: START_PATH,
         login_path: LOGIN_PATH,
     });
-    let set = app.cookies.set(csrf::COOKIE_BASE, &csrf_value, LOGIN_PATH, None);
+    let set = app
+        .cookies
+        .set(csrf::COOKIE_BASE, &csrf_value, LOGIN_PATH, None);
     respond::with_cookies(respond::page(status, html), &[set])
 }
 
 /// `POST /admin/login` and `/admin/login.data`.
 pub async fn login(app: &App, req: Request<hyper::body::Incoming>, conn: Conn) -> Response<Body> {
     let data = req.uri().path().ends_with(".data");
-    if app.headscale.is_none() || app.config.oidc.as_ref().is_some_and(|o| o.disable_api_key_login) {
-        tracing::warn!("refused an API-key sign-in: it is disabled (oidc.disable_api_key_login, or no [headscale])");
+    if app.headscale.is_none()
+        || app
+            .config
+            .oidc
+            .as_ref()
+            .is_some_and(|o| o.disable_api_key_login)
+    {
+        tracing::warn!(
+            "refused an API-key sign-in: it is disabled (oidc.disable_api_key_login, or no [headscale])"
+        );
         return respond::error_page(
             StatusCode::FORBIDDEN,
             "API-key sign-in is disabled",
@@ -153,37 +185,83 @@ pub async fn login(app: &App, req: Request<hyper::body::Incoming>, conn: Conn) -
     }
     if !csrf::same_origin(req.headers(), &app.config.server.base_url) {
         tracing::warn!("refused a cross-site API-key sign-in post");
-        return respond::error_page(StatusCode::FORBIDDEN, "Sign-in refused", "This form was not sent from this site.", None);
+        return respond::error_page(
+            StatusCode::FORBIDDEN,
+            "Sign-in refused",
+            "This form was not sent from this site.",
+            None,
+        );
     }
-    let ct = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !ct.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded") {
-        return respond::error_page(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Sign-in refused", "The form must be sent as a plain HTML form.", None);
+    let ct = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct
+        .to_ascii_lowercase()
+        .starts_with("application/x-www-form-urlencoded")
+    {
+        return respond::error_page(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Sign-in refused",
+            "The form must be sent as a plain HTML form.",
+            None,
+        );
     }
-    let csrf_cookie = crate::cookies::values(req.headers(), &app.cookies.name(csrf::COOKIE_BASE, LOGIN_PATH))
-        .first()
-        .map(|s| s.to_string());
-    let body = match Limited::new(req.into_body(), MAX_FORM_BYTES).collect().await {
+    let csrf_cookie = crate::cookies::values(
+        req.headers(),
+        &app.cookies.name(csrf::COOKIE_BASE, LOGIN_PATH),
+    )
+    .first()
+    .map(|s| s.to_string());
+    let body = match Limited::new(req.into_body(), MAX_FORM_BYTES)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
-        Err(_) => return respond::error_page(StatusCode::PAYLOAD_TOO_LARGE, "Sign-in refused", "The form is too large.", None),
+        Err(_) => {
+            return respond::error_page(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Sign-in refused",
+                "The form is too large.",
+                None,
+            );
+        }
     };
     let fields: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
     let field = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-    let rd = field("rd").and_then(|r| app.redirects.validate(&r)).map(|t| t.as_str().to_string());
+    let rd = field("rd")
+        .and_then(|r| app.redirects.validate(&r))
+        .map(|t| t.as_str().to_string());
     if !data {
         let ok = match (csrf_cookie.as_deref(), field("csrf")) {
             (Some(c), Some(t)) => csrf::verify(&app.keys, c, &t),
             _ => false,
         };
         if !ok {
-            return form_page(app, "The sign-in form expired: please try again.", rd.as_deref(), StatusCode::FORBIDDEN);
+            return form_page(
+                app,
+                "The sign-in form expired: please try again.",
+                rd.as_deref(),
+                StatusCode::FORBIDDEN,
+            );
         }
     }
     let now = app.now();
     let limit_key = format!("api_key_login:{}", conn.peer.ip());
-    match app.store.failures(&limit_key, now, FAILURE_WINDOW_SECS).await {
+    match app
+        .store
+        .failures(&limit_key, now, FAILURE_WINDOW_SECS)
+        .await
+    {
         Ok(n) if n >= MAX_FAILURES => {
             tracing::warn!(peer = %conn.peer, "API-key sign-in rate limit reached ({MAX_FAILURES} failures in 10 minutes)");
-            return form_page(app, "Too many failed attempts: try again in 10 minutes", rd.as_deref(), StatusCode::TOO_MANY_REQUESTS);
+            return form_page(
+                app,
+                "Too many failed attempts: try again in 10 minutes",
+                rd.as_deref(),
+                StatusCode::TOO_MANY_REQUESTS,
+            );
         }
         Ok(_) => {}
         Err(e) => return super::store_failure(&e),
@@ -192,12 +270,18 @@ pub async fn login(app: &App, req: Request<hyper::body::Incoming>, conn: Conn) -
         None => Err(Refusal::Missing),
         Some(k) if k.trim().is_empty() => Err(Refusal::Empty),
         Some(k) if k.len() > 512 => Err(Refusal::Invalid),
-        Some(k) => validate(app, k.trim(), now).await.map(|v| (k.trim().to_string(), v)),
+        Some(k) => validate(app, k.trim(), now)
+            .await
+            .map(|v| (k.trim().to_string(), v)),
     };
     let (key, (prefix, key_expires)) = match refusal {
         Ok(v) => v,
         Err(r) => {
-            if let Err(e) = app.store.record_failure(&limit_key, now, FAILURE_WINDOW_SECS).await {
+            if let Err(e) = app
+                .store
+                .record_failure(&limit_key, now, FAILURE_WINDOW_SECS)
+                .await
+            {
                 return super::store_failure(&e);
             }
             tracing::info!(peer = %conn.peer, reason = r.message(), "API-key sign-in refused");
@@ -207,7 +291,10 @@ pub async fn login(app: &App, req: Request<hyper::body::Incoming>, conn: Conn) -
     let _ = app.store.clear_failures(&limit_key).await;
     let expires = key_expires.min(now + app.config.server.cookie_max_age as i64);
     let record = SessionRecord {
-        subject: SessionSubject::ApiKey { prefix: prefix.clone(), key_hash: crypto::sha256(key.as_bytes()) },
+        subject: SessionSubject::ApiKey {
+            prefix: prefix.clone(),
+            key_hash: crypto::sha256(key.as_bytes()),
+        },
         created: now,
         expires,
         last_seen: now,
@@ -255,11 +342,17 @@ pub async fn recheck_sessions(app: &App) {
     let now = app.now();
     for (key, prefix) in api {
         let alive = listed.iter().any(|k| {
-            k.bare_prefix() == prefix && k.expiration.as_deref().and_then(parse_time).is_some_and(|e| e > now)
+            k.bare_prefix() == prefix
+                && k.expiration
+                    .as_deref()
+                    .and_then(parse_time)
+                    .is_some_and(|e| e > now)
         });
         if !alive {
             match app.store.delete_session(&key).await {
-                Ok(_) => tracing::info!(key_prefix = %prefix, "ended an API-key session: the key is gone or expired at Headscale"),
+                Ok(_) => {
+                    tracing::info!(key_prefix = %prefix, "ended an API-key session: the key is gone or expired at Headscale")
+                }
                 Err(e) => tracing::warn!(error = %e, "API-key re-check: cannot end a session"),
             }
         }

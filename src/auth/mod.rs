@@ -14,7 +14,9 @@ use crate::oidc::rp::{SignInError, SsoStatus};
 use crate::pages;
 use crate::respond;
 use crate::session::{Lookup, VerifiedSession};
-use crate::store::{NewUser, OwnerBootstrap, OwnerIdentity, Role, SessionRecord, SessionSubject, StoreError};
+use crate::store::{
+    NewUser, OwnerBootstrap, OwnerIdentity, Role, SessionRecord, SessionSubject, StoreError,
+};
 
 /// Longest query string headgate parses on its own endpoints.
 const MAX_QUERY: usize = 8 * 1024;
@@ -24,7 +26,9 @@ pub(crate) fn query_param(req_uri: &http::Uri, name: &str) -> Option<String> {
     if q.len() > MAX_QUERY {
         return None;
     }
-    url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    url::form_urlencoded::parse(q.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 fn is_data(path: &str) -> bool {
@@ -43,9 +47,12 @@ pub(crate) fn store_failure(e: &StoreError) -> Response<Body> {
 }
 
 /// The session of the request, when there is a valid one.
-pub(crate) async fn current_session(app: &App, headers: &HeaderMap) -> Result<Option<VerifiedSession>, StoreError> {
+pub(crate) async fn current_session(
+    app: &App,
+    headers: &HeaderMap,
+) -> Result<Option<VerifiedSession>, StoreError> {
     match app.sessions.lookup(headers, app.now()).await? {
-        Lookup::Valid(s) => Ok(Some(s)),
+        Lookup::Valid(s) => Ok(Some(*s)),
         _ => Ok(None),
     }
 }
@@ -55,8 +62,15 @@ fn reached_over_plain_http(app: &App, headers: &HeaderMap, conn: Conn) -> bool {
     if conn.tls {
         return false;
     }
-    let trusted = app.config.server.trusted_proxies.iter().any(|c| c.contains(conn.peer.ip()));
-    let xfp = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok());
+    let trusted = app
+        .config
+        .server
+        .trusted_proxies
+        .iter()
+        .any(|c| c.contains(conn.peer.ip()));
+    let xfp = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok());
     match (trusted, xfp) {
         (true, Some(p)) => p.eq_ignore_ascii_case("http"),
         // A TLS-terminating proxy almost always says so; without any such header the browser most likely
@@ -67,11 +81,19 @@ fn reached_over_plain_http(app: &App, headers: &HeaderMap, conn: Conn) -> bool {
 }
 
 /// `GET /admin/login`: the sign-in page (or straight on when already signed in / SSO-only).
-pub async fn login_page(app: &App, req: &Request<hyper::body::Incoming>, conn: Conn) -> Response<Body> {
-    let target = app.redirects.validate_or_default(query_param(req.uri(), "rd").as_deref());
+pub async fn login_page(
+    app: &App,
+    req: &Request<hyper::body::Incoming>,
+    conn: Conn,
+) -> Response<Body> {
+    let target = app
+        .redirects
+        .validate_or_default(query_param(req.uri(), "rd").as_deref());
     let status = query_param(req.uri(), "s");
     match current_session(app, req.headers()).await {
-        Ok(Some(_)) if status.is_none() => return respond::redirect(StatusCode::FOUND, target.as_str()),
+        Ok(Some(_)) if status.is_none() => {
+            return respond::redirect(StatusCode::FOUND, target.as_str());
+        }
         Ok(_) => {}
         Err(e) => return store_failure(&e),
     }
@@ -122,7 +144,9 @@ pub async fn login_page(app: &App, req: &Request<hyper::body::Incoming>, conn: C
         start_path: START_PATH,
         login_path: LOGIN_PATH,
     });
-    let set = app.cookies.set(csrf::COOKIE_BASE, &csrf_value, LOGIN_PATH, None);
+    let set = app
+        .cookies
+        .set(csrf::COOKIE_BASE, &csrf_value, LOGIN_PATH, None);
     respond::with_cookies(respond::page(StatusCode::OK, html), &[set])
 }
 
@@ -135,7 +159,11 @@ fn login_redirect(code: &str) -> Response<Body> {
 }
 
 /// `GET /admin/oidc/start`: a fresh flow in its own encrypted cookie, then the IdP.
-pub async fn oidc_start(app: &App, req: &Request<hyper::body::Incoming>, conn: Conn) -> Response<Body> {
+pub async fn oidc_start(
+    app: &App,
+    req: &Request<hyper::body::Incoming>,
+    conn: Conn,
+) -> Response<Body> {
     let Some(rp) = &app.rp else {
         return respond::error_page(
             StatusCode::NOT_FOUND,
@@ -153,7 +181,9 @@ pub async fn oidc_start(app: &App, req: &Request<hyper::body::Incoming>, conn: C
             None,
         );
     }
-    let target = app.redirects.validate_or_default(query_param(req.uri(), "rd").as_deref());
+    let target = app
+        .redirects
+        .validate_or_default(query_param(req.uri(), "rd").as_deref());
     let endpoints = match rp.endpoints().await {
         Ok(e) => e,
         Err(e) => {
@@ -162,7 +192,9 @@ pub async fn oidc_start(app: &App, req: &Request<hyper::body::Incoming>, conn: C
                 StatusCode::BAD_GATEWAY,
                 "Single sign-on is unavailable",
                 "headgate could not reach the identity provider.",
-                Some("Try again in a moment, or sign in with an API key. Operators: see headgate's log (oidc.issuer)."),
+                Some(
+                    "Try again in a moment, or sign in with an API key. Operators: see headgate's log (oidc.issuer).",
+                ),
             );
         }
     };
@@ -170,12 +202,19 @@ pub async fn oidc_start(app: &App, req: &Request<hyper::body::Incoming>, conn: C
     let flow = Flow {
         state: crypto::random_b64(&*app.random, 32),
         nonce: crypto::random_b64(&*app.random, 32),
-        pkce_verifier: rp.config().use_pkce.then(|| crypto::random_b64(&*app.random, 64)),
+        pkce_verifier: rp
+            .config()
+            .use_pkce
+            .then(|| crypto::random_b64(&*app.random, 64)),
         return_to: target.as_str().to_string(),
         created: now,
         expires: now + FLOW_TTL_SECS,
     };
-    let fc = FlowCookies { keys: &app.keys, cookies: &app.cookies, path: &app.flow_path };
+    let fc = FlowCookies {
+        keys: &app.keys,
+        cookies: &app.cookies,
+        path: &app.flow_path,
+    };
     let existing = fc.read(req.headers());
     let set = fc.start(&*app.random, &flow, &existing);
     let url = rp.authorization_url(&endpoints, &flow);
@@ -184,11 +223,17 @@ pub async fn oidc_start(app: &App, req: &Request<hyper::body::Incoming>, conn: C
 
 /// `GET <oidc.callback_path>`: check the flow, exchange the code, verify, admit, create a fresh session.
 pub async fn oidc_callback(app: &App, req: &Request<hyper::body::Incoming>) -> Response<Body> {
-    let Some(rp) = &app.rp else { return login_redirect("error_auth_failed") };
+    let Some(rp) = &app.rp else {
+        return login_redirect("error_auth_failed");
+    };
     if req.uri().query().is_none_or(|q| q.is_empty()) {
         return login_redirect("error_no_query");
     }
-    let fc = FlowCookies { keys: &app.keys, cookies: &app.cookies, path: &app.flow_path };
+    let fc = FlowCookies {
+        keys: &app.keys,
+        cookies: &app.cookies,
+        path: &app.flow_path,
+    };
     let found = fc.read(req.headers());
     if found.is_empty() {
         tracing::warn!(
@@ -199,7 +244,11 @@ pub async fn oidc_callback(app: &App, req: &Request<hyper::body::Incoming>) -> R
     }
     let now = app.now();
     let state = query_param(req.uri(), "state").unwrap_or_default();
-    let matching = found.iter().find(|f| f.flow.as_ref().is_some_and(|fl| crypto::ct_eq(fl.state.as_bytes(), state.as_bytes())));
+    let matching = found.iter().find(|f| {
+        f.flow
+            .as_ref()
+            .is_some_and(|fl| crypto::ct_eq(fl.state.as_bytes(), state.as_bytes()))
+    });
     // The flow is single-use: whatever happens next, its cookie goes.
     let mut clear: Vec<String> = Vec::new();
     let flow = match matching {
@@ -213,7 +262,9 @@ pub async fn oidc_callback(app: &App, req: &Request<hyper::body::Incoming>) -> R
             flow
         }
         None => {
-            tracing::warn!("sign-in callback whose state matches none of the browser's flow cookies");
+            tracing::warn!(
+                "sign-in callback whose state matches none of the browser's flow cookies"
+            );
             return login_redirect("error_invalid_session");
         }
     };
@@ -223,22 +274,39 @@ pub async fn oidc_callback(app: &App, req: &Request<hyper::body::Incoming>) -> R
     };
     if let Some(error) = query_param(req.uri(), "error") {
         let description = query_param(req.uri(), "error_description").unwrap_or_default();
-        let clean = |s: String| s.chars().filter(|c| !c.is_control()).take(300).collect::<String>();
-        return fail(SignInError::Idp { error: clean(error), description: clean(description) });
+        let clean = |s: String| {
+            s.chars()
+                .filter(|c| !c.is_control())
+                .take(300)
+                .collect::<String>()
+        };
+        return fail(SignInError::Idp {
+            error: clean(error),
+            description: clean(description),
+        });
     }
-    let Some(code) = query_param(req.uri(), "code").filter(|c| !c.is_empty() && c.len() <= 4096) else {
+    let Some(code) = query_param(req.uri(), "code").filter(|c| !c.is_empty() && c.len() <= 4096)
+    else {
         return respond::with_cookies(login_redirect("error_no_query"), &clear);
     };
     let endpoints = match rp.endpoints().await {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
-    let tokens = match rp.exchange_code(&endpoints, &code, flow.pkce_verifier.as_deref()).await {
+    let tokens = match rp
+        .exchange_code(&endpoints, &code, flow.pkce_verifier.as_deref())
+        .await
+    {
         Ok(t) => t,
         Err(e) => return fail(e),
     };
-    let Some(id_token) = tokens.id_token.as_deref() else { return fail(SignInError::NoIdToken) };
-    let mut claims = match rp.verify_id_token(&endpoints, id_token, &flow.nonce, now).await {
+    let Some(id_token) = tokens.id_token.as_deref() else {
+        return fail(SignInError::NoIdToken);
+    };
+    let mut claims = match rp
+        .verify_id_token(&endpoints, id_token, &flow.nonce, now)
+        .await
+    {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -269,7 +337,12 @@ pub async fn oidc_callback(app: &App, req: &Request<hyper::body::Incoming>) -> R
         let _ = app.sessions.delete(old.key()).await;
     }
     let refresh_token_enc = tokens.refresh_token.as_deref().map(|rt| {
-        app.keys.seal(crate::crypto::Purpose::KeyEncryption, &*app.random, b"refresh_token", rt.as_bytes())
+        app.keys.seal(
+            crate::crypto::Purpose::KeyEncryption,
+            &*app.random,
+            b"refresh_token",
+            rt.as_bytes(),
+        )
     });
     let record = SessionRecord {
         subject: SessionSubject::User(user.id),
@@ -287,12 +360,26 @@ pub async fn oidc_callback(app: &App, req: &Request<hyper::body::Incoming>) -> R
     };
     tracing::info!(subject = %crate::logging::escape(&who.subject), user = user.id.0, role = user.role.as_str(), "signed in with SSO");
     clear.push(set);
-    respond::with_cookies(respond::redirect(StatusCode::FOUND, &flow.return_to), &clear)
+    respond::with_cookies(
+        respond::redirect(StatusCode::FOUND, &flow.return_to),
+        &clear,
+    )
 }
 
-async fn upsert_user(app: &App, who: &identity::Identity, now: i64) -> Result<crate::store::User, StoreError> {
-    let cfg = app.config.oidc.as_ref().expect("SSO sign-in has an [oidc] section");
-    let email = who.trusted_email(cfg).map(str::to_string).or_else(|| who.email.clone());
+async fn upsert_user(
+    app: &App,
+    who: &identity::Identity,
+    now: i64,
+) -> Result<crate::store::User, StoreError> {
+    let cfg = app
+        .config
+        .oidc
+        .as_ref()
+        .expect("SSO sign-in has an [oidc] section");
+    let email = who
+        .trusted_email(cfg)
+        .map(str::to_string)
+        .or_else(|| who.email.clone());
     if let Some(mut u) = app.store.user_by_subject(&who.subject).await? {
         u.email = email;
         u.email_verified = who.email_verified;
@@ -319,7 +406,11 @@ async fn upsert_user(app: &App, who: &identity::Identity, now: i64) -> Result<cr
     match app.store.create_user(new, bootstrap).await {
         Ok(u) => Ok(u),
         // Two tabs finishing at once: the other one created the record first.
-        Err(StoreError::Conflict(_)) => app.store.user_by_subject(&who.subject).await?.ok_or(StoreError::NotFound(who.subject.clone())),
+        Err(StoreError::Conflict(_)) => app
+            .store
+            .user_by_subject(&who.subject)
+            .await?
+            .ok_or(StoreError::NotFound(who.subject.clone())),
         Err(e) => Err(e),
     }
 }
@@ -363,7 +454,12 @@ pub async fn logout(app: &App, req: &Request<hyper::body::Incoming>) -> Response
             .post_logout_redirect_uri
             .as_ref()
             .map(|u| u.to_string())
-            .unwrap_or_else(|| format!("{}{local}", app.config.server.base_url.as_str().trim_end_matches('/')));
+            .unwrap_or_else(|| {
+                format!(
+                    "{}{local}",
+                    app.config.server.base_url.as_str().trim_end_matches('/')
+                )
+            });
         let mut u = end.clone();
         u.query_pairs_mut()
             .append_pair("id_token_hint", hint)
@@ -386,13 +482,21 @@ pub async fn whoami(app: &App, req: &Request<hyper::body::Incoming>) -> Response
     match app.sessions.lookup(req.headers(), now).await {
         Err(e) => {
             tracing::error!(error = %e, "store failure");
-            respond::json(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "store_unavailable"}))
+            respond::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "store_unavailable"}),
+            )
         }
         Ok(Lookup::Ambiguous) => respond::with_cookies(
-            respond::json(StatusCode::UNAUTHORIZED, json!({"error": "several_session_cookies"})),
+            respond::json(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "several_session_cookies"}),
+            ),
             &[app.sessions.clear_cookie()],
         ),
-        Ok(Lookup::None) => respond::json(StatusCode::UNAUTHORIZED, json!({"error": "not_signed_in"})),
+        Ok(Lookup::None) => {
+            respond::json(StatusCode::UNAUTHORIZED, json!({"error": "not_signed_in"}))
+        }
         Ok(Lookup::Invalid) => respond::with_cookies(
             respond::json(StatusCode::UNAUTHORIZED, json!({"error": "not_signed_in"})),
             &[app.sessions.clear_cookie()],
@@ -401,7 +505,10 @@ pub async fn whoami(app: &App, req: &Request<hyper::body::Incoming>) -> Response
             let r = s.record();
             let expires = time::OffsetDateTime::from_unix_timestamp(r.expires)
                 .ok()
-                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                });
             let body = match (s.user(), &r.subject) {
                 (Some(u), _) => json!({
                     "auth": "oidc",
@@ -432,10 +539,23 @@ pub async fn signed_in_page(app: &App, req: &Request<hyper::body::Incoming>) -> 
         Ok(None) => respond::redirect(StatusCode::FOUND, &format!("{LOGIN_PATH}?rd=%2Fadmin%2F")),
         Ok(Some(s)) => {
             let who = match s.user() {
-                Some(u) => u.name.clone().or(u.email.clone()).unwrap_or_else(|| u.subject.clone()),
+                Some(u) => u
+                    .name
+                    .clone()
+                    .or(u.email.clone())
+                    .unwrap_or_else(|| u.subject.clone()),
                 None => "an API key".to_string(),
             };
-            respond::page(StatusCode::OK, pages::error::render_error(200, "Signed in", &format!("You are signed in as {who}."), None, None))
+            respond::page(
+                StatusCode::OK,
+                pages::error::render_error(
+                    200,
+                    "Signed in",
+                    &format!("You are signed in as {who}."),
+                    None,
+                    None,
+                ),
+            )
         }
     }
 }

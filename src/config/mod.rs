@@ -521,7 +521,12 @@ fn read_server(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<Ser
     }
     let initial_owner = s.non_empty_string("initial_owner");
     let mut trusted_proxies = Vec::new();
-    for (i, c) in s.string_list("trusted_proxies").unwrap_or_default().iter().enumerate() {
+    for (i, c) in s
+        .string_list("trusted_proxies")
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
         match c.parse::<Cidr>() {
             Ok(c) => trusted_proxies.push(c),
             Err(e) => s.error(&format!("trusted_proxies[{i}]"), e),

@@ -53,9 +53,15 @@ impl FlowCookies<'_> {
             .take(4 * MAX_FLOWS)
             .map(|(name, value)| {
                 let flow = crypto::unb64(value)
-                    .and_then(|sealed| self.keys.open(Purpose::FlowEncryption, name.as_bytes(), &sealed))
+                    .and_then(|sealed| {
+                        self.keys
+                            .open(Purpose::FlowEncryption, name.as_bytes(), &sealed)
+                    })
                     .and_then(|plain| serde_json::from_slice::<Flow>(&plain).ok());
-                FoundFlow { cookie_name: name.to_string(), flow }
+                FoundFlow {
+                    cookie_name: name.to_string(),
+                    flow,
+                }
             })
             .collect()
     }
@@ -67,9 +73,16 @@ impl FlowCookies<'_> {
         random.fill(&mut id);
         let name = format!("{}{}", self.full_prefix(), hex(&id));
         let plain = serde_json::to_vec(flow).expect("a flow serialises");
-        let sealed = self.keys.seal(Purpose::FlowEncryption, random, name.as_bytes(), &plain);
+        let sealed = self
+            .keys
+            .seal(Purpose::FlowEncryption, random, name.as_bytes(), &plain);
         let base = &name[name.len() - (COOKIE_PREFIX.len() + 12)..];
-        let mut out = vec![self.cookies.set(base, &crypto::b64(&sealed), self.path, Some(FLOW_TTL_SECS as u64))];
+        let mut out = vec![self.cookies.set(
+            base,
+            &crypto::b64(&sealed),
+            self.path,
+            Some(FLOW_TTL_SECS as u64),
+        )];
         let mut live: Vec<(&str, i64)> = Vec::new();
         for f in existing {
             match &f.flow {
@@ -93,7 +106,8 @@ impl FlowCookies<'_> {
 }
 
 fn strip_prefix(full: &str) -> &str {
-    full.trim_start_matches("__Host-").trim_start_matches("__Secure-")
+    full.trim_start_matches("__Host-")
+        .trim_start_matches("__Secure-")
 }
 
 fn hex(b: &[u8]) -> String {
@@ -105,9 +119,23 @@ fn hex(b: &[u8]) -> String {
 pub fn common_cookie_path(a: &str, b: &str) -> String {
     let sa: Vec<&str> = a.split('/').filter(|s| !s.is_empty()).collect();
     let sb: Vec<&str> = b.split('/').filter(|s| !s.is_empty()).collect();
-    let n = sa.len().min(sb.len()).min(sa.len().saturating_sub(1)).min(sb.len().saturating_sub(1));
-    let shared: Vec<&str> = sa.iter().zip(sb.iter()).take(n).take_while(|(x, y)| x == y).map(|(x, _)| *x).collect();
-    if shared.is_empty() { "/".to_string() } else { format!("/{}", shared.join("/")) }
+    let n = sa
+        .len()
+        .min(sb.len())
+        .min(sa.len().saturating_sub(1))
+        .min(sb.len().saturating_sub(1));
+    let shared: Vec<&str> = sa
+        .iter()
+        .zip(sb.iter())
+        .take(n)
+        .take_while(|(x, y)| x == y)
+        .map(|(x, _)| *x)
+        .collect();
+    if shared.is_empty() {
+        "/".to_string()
+    } else {
+        format!("/{}", shared.join("/"))
+    }
 }
 
 #[cfg(test)]
@@ -129,22 +157,42 @@ mod tests {
 
     #[test]
     fn paths() {
-        assert_eq!(common_cookie_path("/admin/oidc/start", "/admin/oidc/callback"), "/admin/oidc");
-        assert_eq!(common_cookie_path("/admin/oidc/start", "/auth/callback"), "/");
-        assert_eq!(common_cookie_path("/admin/oidc/start", "/admin/cb"), "/admin");
+        assert_eq!(
+            common_cookie_path("/admin/oidc/start", "/admin/oidc/callback"),
+            "/admin/oidc"
+        );
+        assert_eq!(
+            common_cookie_path("/admin/oidc/start", "/auth/callback"),
+            "/"
+        );
+        assert_eq!(
+            common_cookie_path("/admin/oidc/start", "/admin/cb"),
+            "/admin"
+        );
     }
 
     #[test]
     fn round_trip_and_cap() {
         let keys = Keys::new(&Secret::new("k".repeat(32)), None);
-        let cs = CookieSettings { secure: false, domain: None };
-        let fc = FlowCookies { keys: &keys, cookies: &cs, path: "/admin/oidc" };
+        let cs = CookieSettings {
+            secure: false,
+            domain: None,
+        };
+        let fc = FlowCookies {
+            keys: &keys,
+            cookies: &cs,
+            path: "/admin/oidc",
+        };
         let mut headers = HeaderMap::new();
         let mut cookie_header = String::new();
         for i in 0..5 {
             let set = fc.start(&OsRandom, &flow(1000 + i), &fc.read(&headers));
             let first = set[0].split(';').next().unwrap().to_string();
-            cookie_header = if cookie_header.is_empty() { first } else { format!("{cookie_header}; {first}") };
+            cookie_header = if cookie_header.is_empty() {
+                first
+            } else {
+                format!("{cookie_header}; {first}")
+            };
             headers.insert(http::header::COOKIE, cookie_header.parse().unwrap());
         }
         let found = fc.read(&headers);
@@ -153,10 +201,21 @@ mod tests {
         // A sixth flow drops exactly the oldest.
         let set = fc.start(&OsRandom, &flow(1010), &found);
         assert_eq!(set.len(), 2, "{set:?}");
-        let oldest = found.iter().find(|f| f.flow.as_ref().unwrap().created == 1000).unwrap();
-        assert!(set[1].starts_with(&format!("{}=;", oldest.cookie_name)), "{set:?}");
+        let oldest = found
+            .iter()
+            .find(|f| f.flow.as_ref().unwrap().created == 1000)
+            .unwrap();
+        assert!(
+            set[1].starts_with(&format!("{}=;", oldest.cookie_name)),
+            "{set:?}"
+        );
         // A value moved to another cookie name does not decrypt.
-        let v = headers.get(http::header::COOKIE).unwrap().to_str().unwrap().to_string();
+        let v = headers
+            .get(http::header::COOKIE)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
         let (n, val) = v.split(';').next().unwrap().split_once('=').unwrap();
         let moved = format!("{}0000={val}", &n[..n.len() - 4]);
         headers.insert(http::header::COOKIE, moved.parse().unwrap());

@@ -20,11 +20,20 @@ pub struct Identity {
 }
 
 /// ID-token claims first; userinfo fills only what the ID token lacks (and only when its `sub` agrees).
-pub fn merge_userinfo(id_claims: &mut Map<String, Value>, userinfo: Map<String, Value>) -> Result<(), String> {
-    if let (Some(a), Some(b)) = (id_claims.get("sub"), userinfo.get("sub"))
-        && a != b
-    {
-        return Err("userinfo names another subject than the ID token; ignoring it".into());
+pub fn merge_userinfo(
+    id_claims: &mut Map<String, Value>,
+    userinfo: Map<String, Value>,
+) -> Result<(), String> {
+    // The subject comes from the signed ID token only: userinfo is trusted to describe that subject, never
+    // to supply it (OpenID Connect Core 5.3.2).
+    match (id_claims.get("sub"), userinfo.get("sub")) {
+        (Some(a), Some(b)) if a == b => {}
+        (None, _) => return Err("the ID token has no sub; ignoring userinfo".into()),
+        _ => {
+            return Err(
+                "userinfo names another subject than the ID token (or none); ignoring it".into(),
+            );
+        }
     }
     for (k, v) in userinfo {
         id_claims.entry(k).or_insert(v);
@@ -34,7 +43,9 @@ pub fn merge_userinfo(id_claims: &mut Map<String, Value>, userinfo: Map<String, 
 
 fn text(c: &Map<String, Value>, k: &str) -> Option<String> {
     match c.get(k) {
-        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().chars().take(512).collect()),
+        Some(Value::String(s)) if !s.trim().is_empty() => {
+            Some(s.trim().chars().take(512).collect())
+        }
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
     }
@@ -43,13 +54,19 @@ fn text(c: &Map<String, Value>, k: &str) -> Option<String> {
 /// One address: exactly one `@`, non-empty local part and domain, no whitespace, controls or separators.
 pub fn well_formed_email(s: &str) -> bool {
     let mut parts = s.split('@');
-    let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else { return false };
+    let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
     !local.is_empty()
         && domain.contains('.')
         && !domain.starts_with('.')
         && !domain.ends_with('.')
         && s.len() <= 254
-        && !s.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, ',' | ';' | '<' | '>' | '"' | '(' | ')'))
+        && !s.chars().any(|c| {
+            c.is_whitespace()
+                || c.is_control()
+                || matches!(c, ',' | ';' | '<' | '>' | '"' | '(' | ')')
+        })
 }
 
 pub fn identity(cfg: &OidcConfig, c: &Map<String, Value>) -> Result<Identity, SignInError> {
@@ -76,32 +93,54 @@ pub fn identity(cfg: &OidcConfig, c: &Map<String, Value>) -> Result<Identity, Si
         .or_else(|| text(c, "preferred_username"));
     let picture = text(c, "picture").filter(|p| p.starts_with("https://"));
     let groups = match c.get(&cfg.groups_claim) {
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
         Some(Value::String(s)) => vec![s.clone()],
         _ => vec![],
     };
-    Ok(Identity { subject, email, email_verified, name, picture, groups, sid: text(c, "sid") })
+    Ok(Identity {
+        subject,
+        email,
+        email_verified,
+        name,
+        picture,
+        groups,
+        sid: text(c, "sid"),
+    })
 }
 
 impl Identity {
     /// The email when it may be trusted (verified, or `oidc.trust_unverified_email`).
     pub fn trusted_email(&self, cfg: &OidcConfig) -> Option<&str> {
-        self.email.as_deref().filter(|_| self.email_verified || cfg.trust_unverified_email)
+        self.email
+            .as_deref()
+            .filter(|_| self.email_verified || cfg.trust_unverified_email)
     }
 }
 
 /// S1: with no allowlist everyone the IdP accepts gets in. Otherwise being on any configured list admits
 /// (verified email domain, a group, a subject); with domains configured, a Google `hd` claim that is present
 /// must be one of them.
-pub fn check_allowed(cfg: &OidcConfig, id: &Identity, c: &Map<String, Value>) -> Result<(), SignInError> {
-    let (domains, groups, subjects) = (&cfg.allowed_email_domains, &cfg.allowed_groups, &cfg.allowed_subjects);
+pub fn check_allowed(
+    cfg: &OidcConfig,
+    id: &Identity,
+    c: &Map<String, Value>,
+) -> Result<(), SignInError> {
+    let (domains, groups, subjects) = (
+        &cfg.allowed_email_domains,
+        &cfg.allowed_groups,
+        &cfg.allowed_subjects,
+    );
     if domains.is_empty() && groups.is_empty() && subjects.is_empty() {
         return Ok(());
     }
     let by_domain = !domains.is_empty()
         && id.trusted_email(cfg).is_some_and(|e| {
             let d = e.rsplit('@').next().unwrap_or("").to_ascii_lowercase();
-            domains.iter().any(|x| *x == d)
+            domains.contains(&d)
         })
         && text(c, "hd").is_none_or(|hd| domains.iter().any(|x| x.eq_ignore_ascii_case(&hd)));
     let by_group = id.groups.iter().any(|g| groups.contains(g));
@@ -110,10 +149,17 @@ pub fn check_allowed(cfg: &OidcConfig, id: &Identity, c: &Map<String, Value>) ->
         Ok(())
     } else {
         let why = match (&id.email, id.email_verified) {
-            (Some(_), false) if !domains.is_empty() && !cfg.trust_unverified_email => "its email is not verified by the IdP",
-            _ => "it is not on oidc.allowed_email_domains, oidc.allowed_groups or oidc.allowed_subjects",
+            (Some(_), false) if !domains.is_empty() && !cfg.trust_unverified_email => {
+                "its email is not verified by the IdP"
+            }
+            _ => {
+                "it is not on oidc.allowed_email_domains, oidc.allowed_groups or oidc.allowed_subjects"
+            }
         };
-        Err(SignInError::NotAllowed(format!("sign-in of subject {:?} refused: {why}", id.subject)))
+        Err(SignInError::NotAllowed(format!(
+            "sign-in of subject {:?} refused: {why}",
+            id.subject
+        )))
     }
 }
 
@@ -124,7 +170,15 @@ mod tests {
     #[test]
     fn emails() {
         assert!(well_formed_email("a@example.com"));
-        for bad in ["a@b@example.com", "@example.com", "a@", "a b@example.com", "a@example", "a@example.com,b@evil.com", "a@.com"] {
+        for bad in [
+            "a@b@example.com",
+            "@example.com",
+            "a@",
+            "a b@example.com",
+            "a@example",
+            "a@example.com,b@evil.com",
+            "a@.com",
+        ] {
             assert!(!well_formed_email(bad), "{bad}");
         }
     }

@@ -35,10 +35,21 @@ const JWKS_REFETCH_MIN: Duration = Duration::from_secs(5);
 pub enum SignInError {
     #[error("{0}")]
     Discovery(#[from] DiscoveryError),
-    #[error("the IdP answered the sign-in with error {error:?} ({description}){}", idp_error_hint(error, description))]
+    #[error(
+        "the IdP answered the sign-in with error {error:?} ({description}){}",
+        idp_error_hint(error, description)
+    )]
     Idp { error: String, description: String },
-    #[error("the token endpoint refused the code: HTTP {status} {error:?} ({description}){}", token_error_hint(error, description, redirect_uri))]
-    TokenEndpoint { status: u16, error: String, description: String, redirect_uri: String },
+    #[error(
+        "the token endpoint refused the code: HTTP {status} {error:?} ({description}){}",
+        token_error_hint(error, description, redirect_uri)
+    )]
+    TokenEndpoint {
+        status: u16,
+        error: String,
+        description: String,
+        redirect_uri: String,
+    },
     #[error("the token endpoint could not be reached: {0}")]
     TokenTransport(HttpError),
     #[error("the token endpoint's answer has no id_token (is \"openid\" in oidc.scope?)")]
@@ -66,14 +77,18 @@ impl SignInError {
 
 fn mentions_pkce(s: &str) -> bool {
     let l = s.to_ascii_lowercase();
-    l.contains("pkce") || l.contains("code_challenge") || l.contains("code_verifier") || l.contains("code challenge")
+    l.contains("pkce")
+        || l.contains("code_challenge")
+        || l.contains("code_verifier")
+        || l.contains("code challenge")
 }
 
 fn idp_error_hint(error: &str, description: &str) -> String {
     if mentions_pkce(description) || mentions_pkce(error) {
         "; the IdP requires PKCE: set oidc.use_pkce = true".into()
     } else if description.to_ascii_lowercase().contains("redirect") {
-        "; register headgate's redirect URI (server.base_url + oidc.callback_path) at the IdP".into()
+        "; register headgate's redirect URI (server.base_url + oidc.callback_path) at the IdP"
+            .into()
     } else if error == "access_denied" {
         "; the person declined, or the IdP does not allow them to use this client".into()
     } else {
@@ -132,8 +147,17 @@ pub enum SsoStatus {
 
 impl RelyingParty {
     pub fn new(cfg: Arc<OidcConfig>, http: HttpClient, base_url: &Url) -> Self {
-        let redirect_uri = format!("{}{}", base_url.as_str().trim_end_matches('/'), cfg.callback_path);
-        RelyingParty { cfg, http, redirect_uri, state: Mutex::new(RpState::default()) }
+        let redirect_uri = format!(
+            "{}{}",
+            base_url.as_str().trim_end_matches('/'),
+            cfg.callback_path
+        );
+        RelyingParty {
+            cfg,
+            http,
+            redirect_uri,
+            state: Mutex::new(RpState::default()),
+        }
     }
 
     pub fn config(&self) -> &OidcConfig {
@@ -203,7 +227,8 @@ impl RelyingParty {
                 .append_pair("state", &flow.state)
                 .append_pair("nonce", &flow.nonce);
             if let Some(v) = &flow.pkce_verifier {
-                q.append_pair("code_challenge", &pkce_challenge(v)).append_pair("code_challenge_method", "S256");
+                q.append_pair("code_challenge", &pkce_challenge(v))
+                    .append_pair("code_challenge_method", "S256");
             }
             for (k, v) in &self.cfg.extra_params {
                 q.append_pair(k, v);
@@ -213,18 +238,32 @@ impl RelyingParty {
     }
 
     /// Exchange the authorization code.
-    pub async fn exchange_code(&self, e: &Endpoints, code: &str, verifier: Option<&str>) -> Result<TokenResponse, SignInError> {
+    pub async fn exchange_code(
+        &self,
+        e: &Endpoints,
+        code: &str,
+        verifier: Option<&str>,
+    ) -> Result<TokenResponse, SignInError> {
         let configured = self.cfg.token_endpoint_auth_method;
         let remembered = self.state.lock().unwrap().auth_method;
-        let first = configured.or(remembered).unwrap_or(TokenAuthMethod::ClientSecretPost);
+        let first = configured
+            .or(remembered)
+            .unwrap_or(TokenAuthMethod::ClientSecretPost);
         match self.token_request(e, code, verifier, first).await {
             Err(SignInError::TokenEndpoint { error, .. })
-                if error == "invalid_client" && configured.is_none() && first == TokenAuthMethod::ClientSecretPost =>
+                if error == "invalid_client"
+                    && configured.is_none()
+                    && first == TokenAuthMethod::ClientSecretPost =>
             {
-                tracing::info!("the IdP refused client_secret_post; retrying once with client_secret_basic");
-                let r = self.token_request(e, code, verifier, TokenAuthMethod::ClientSecretBasic).await;
+                tracing::info!(
+                    "the IdP refused client_secret_post; retrying once with client_secret_basic"
+                );
+                let r = self
+                    .token_request(e, code, verifier, TokenAuthMethod::ClientSecretBasic)
+                    .await;
                 if r.is_ok() {
-                    self.state.lock().unwrap().auth_method = Some(TokenAuthMethod::ClientSecretBasic);
+                    self.state.lock().unwrap().auth_method =
+                        Some(TokenAuthMethod::ClientSecretBasic);
                 }
                 r
             }
@@ -254,25 +293,39 @@ impl RelyingParty {
             if let Some(v) = verifier {
                 form.append_pair("code_verifier", v);
             }
-            let secret = self.cfg.client_secret.as_ref().map(|s| s.expose()).unwrap_or("");
+            let secret = self
+                .cfg
+                .client_secret
+                .as_ref()
+                .map(|s| s.expose())
+                .unwrap_or("");
             let mut basic = None;
             match (method, self.cfg.client_secret.is_some()) {
                 (_, false) => {
                     form.append_pair("client_id", &self.cfg.client_id);
                 }
                 (TokenAuthMethod::ClientSecretPost, true) => {
-                    form.append_pair("client_id", &self.cfg.client_id).append_pair("client_secret", secret);
+                    form.append_pair("client_id", &self.cfg.client_id)
+                        .append_pair("client_secret", secret);
                 }
                 (TokenAuthMethod::ClientSecretBasic, true) => {
                     // RFC 6749 2.3.1: both parts form-urlencoded before base64.
-                    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                    let enc = |s: &str| {
+                        url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                    };
                     let pair = format!("{}:{}", enc(&self.cfg.client_id), enc(secret));
-                    basic = Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)));
+                    basic = Some(format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(pair)
+                    ));
                 }
             }
             (form.finish(), basic)
         };
-        let mut headers = vec![("content-type", "application/x-www-form-urlencoded"), ("accept", "application/json")];
+        let mut headers = vec![
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("accept", "application/json"),
+        ];
         if let Some(b) = &basic {
             headers.push(("authorization", b.as_str()));
         }
@@ -295,8 +348,9 @@ impl RelyingParty {
                 redirect_uri: self.redirect_uri.clone(),
             });
         }
-        serde_json::from_slice(&r.body)
-            .map_err(|e| SignInError::InvalidIdToken(format!("the token endpoint's answer is not JSON ({e})")))
+        serde_json::from_slice(&r.body).map_err(|e| {
+            SignInError::InvalidIdToken(format!("the token endpoint's answer is not JSON ({e})"))
+        })
     }
 
     async fn jwks(&self, e: &Endpoints, force: bool) -> Result<Arc<Jwks>, SignInError> {
@@ -316,13 +370,22 @@ impl RelyingParty {
             .http
             .get(e.jwks.as_str(), &[("accept", "application/json")], TIMEOUT)
             .await
-            .map_err(|err| SignInError::Jwks(format!("{err} (oidc.jwks_uri / discovery jwks_uri)")))?;
+            .map_err(|err| {
+                SignInError::Jwks(format!("{err} (oidc.jwks_uri / discovery jwks_uri)"))
+            })?;
         if !r.status.is_success() {
-            return Err(SignInError::Jwks(format!("{} answered HTTP {}", e.jwks, r.status.as_u16())));
+            return Err(SignInError::Jwks(format!(
+                "{} answered HTTP {}",
+                e.jwks,
+                r.status.as_u16()
+            )));
         }
         let set: Set = serde_json::from_slice(&r.body)
             .map_err(|err| SignInError::Jwks(format!("{} is not a JWK set ({err})", e.jwks)))?;
-        let j = Arc::new(Jwks { keys: set.keys, fetched: Instant::now() });
+        let j = Arc::new(Jwks {
+            keys: set.keys,
+            fetched: Instant::now(),
+        });
         self.state.lock().unwrap().jwks = Some(j.clone());
         Ok(j)
     }
@@ -340,10 +403,18 @@ impl RelyingParty {
         if token.len() > 64 * 1024 {
             return Err(bad("it is larger than 64 KiB"));
         }
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|err| bad(&format!("its header is not a signed JWT header ({err}); unsigned tokens are refused")))?;
-        if matches!(header.alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-            return Err(bad("it is HMAC-signed; only the IdP's public keys are accepted"));
+        let header = jsonwebtoken::decode_header(token).map_err(|err| {
+            bad(&format!(
+                "its header is not a signed JWT header ({err}); unsigned tokens are refused"
+            ))
+        })?;
+        if matches!(
+            header.alg,
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+        ) {
+            return Err(bad(
+                "it is HMAC-signed; only the IdP's public keys are accepted",
+            ));
         }
         let jwks = self.jwks(e, false).await?;
         let jwk = match find_key(&jwks.keys, header.kid.as_deref(), header.alg) {
@@ -351,7 +422,10 @@ impl RelyingParty {
             None => {
                 let fresh = self.jwks(e, true).await?;
                 find_key(&fresh.keys, header.kid.as_deref(), header.alg).ok_or_else(|| {
-                    bad(&format!("no key in the IdP's JWKS matches kid {:?}", header.kid.as_deref().unwrap_or("")))
+                    bad(&format!(
+                        "no key in the IdP's JWKS matches kid {:?}",
+                        header.kid.as_deref().unwrap_or("")
+                    ))
                 })?
             }
         };
@@ -383,17 +457,23 @@ impl RelyingParty {
             return Err(bad("aud does not contain oidc.client_id"));
         }
         let azp = c.get("azp").and_then(Value::as_str);
-        if (auds.len() > 1 && azp != Some(self.cfg.client_id.as_str())) || azp.is_some_and(|a| a != self.cfg.client_id) {
+        if (auds.len() > 1 && azp != Some(self.cfg.client_id.as_str()))
+            || azp.is_some_and(|a| a != self.cfg.client_id)
+        {
             return Err(bad("azp is not oidc.client_id"));
         }
         let num = |k: &str| c.get(k).and_then(Value::as_i64);
         let exp = num("exp").ok_or_else(|| bad("it has no exp"))?;
         if now > exp + SKEW_SECS {
-            return Err(bad("it has expired (check the clocks of headgate and the IdP)"));
+            return Err(bad(
+                "it has expired (check the clocks of headgate and the IdP)",
+            ));
         }
         let iat = num("iat").ok_or_else(|| bad("it has no iat"))?;
         if iat > now + SKEW_SECS {
-            return Err(bad("it was issued in the future (check the clocks of headgate and the IdP)"));
+            return Err(bad(
+                "it was issued in the future (check the clocks of headgate and the IdP)",
+            ));
         }
         if let Some(nbf) = num("nbf")
             && nbf > now + SKEW_SECS
@@ -409,12 +489,25 @@ impl RelyingParty {
     }
 
     /// Userinfo claims (Bearer access token). Errors are for the log only: a userinfo failure is not fatal.
-    pub async fn userinfo(&self, e: &Endpoints, access_token: &str) -> Result<Map<String, Value>, String> {
-        let Some(u) = &e.userinfo else { return Err("the IdP has no userinfo endpoint".into()) };
+    pub async fn userinfo(
+        &self,
+        e: &Endpoints,
+        access_token: &str,
+    ) -> Result<Map<String, Value>, String> {
+        let Some(u) = &e.userinfo else {
+            return Err("the IdP has no userinfo endpoint".into());
+        };
         let auth = format!("Bearer {access_token}");
         let r = self
             .http
-            .get(u.as_str(), &[("authorization", auth.as_str()), ("accept", "application/json")], TIMEOUT)
+            .get(
+                u.as_str(),
+                &[
+                    ("authorization", auth.as_str()),
+                    ("accept", "application/json"),
+                ],
+                TIMEOUT,
+            )
             .await
             .map_err(|e| e.to_string())?;
         if !r.status.is_success() {
@@ -435,12 +528,23 @@ pub fn pkce_challenge(verifier: &str) -> String {
 
 /// The key the token names (`kid`), or, without a `kid`, the only signing key of the right type.
 fn find_key(keys: &[Value], kid: Option<&str>, alg: Algorithm) -> Option<Value> {
-    let usable = |k: &&Value| k.get("use").and_then(Value::as_str).is_none_or(|u| u == "sig");
+    let usable = |k: &&Value| {
+        k.get("use")
+            .and_then(Value::as_str)
+            .is_none_or(|u| u == "sig")
+    };
     match kid {
-        Some(kid) => keys.iter().filter(usable).find(|k| k.get("kid").and_then(Value::as_str) == Some(kid)).cloned(),
+        Some(kid) => keys
+            .iter()
+            .filter(usable)
+            .find(|k| k.get("kid").and_then(Value::as_str) == Some(kid))
+            .cloned(),
         None => {
             let fam = family(alg);
-            let mut it = keys.iter().filter(usable).filter(|k| k.get("kty").and_then(Value::as_str) == Some(fam));
+            let mut it = keys
+                .iter()
+                .filter(usable)
+                .filter(|k| k.get("kty").and_then(Value::as_str) == Some(fam));
             let first = it.next()?;
             it.next().is_none().then(|| first.clone())
         }
@@ -475,11 +579,18 @@ fn alg_name(a: Algorithm) -> &'static str {
 
 /// The algorithm this key verifies: its own `alg`, or (no `alg`, as with Entra ID) the one its type and
 /// curve imply; never HMAC; within the IdP's advertised list when there is one; equal to the token's.
-fn algorithm_for(jwk: &Value, token_alg: Algorithm, supported: &[String]) -> Result<Algorithm, String> {
+fn algorithm_for(
+    jwk: &Value,
+    token_alg: Algorithm,
+    supported: &[String],
+) -> Result<Algorithm, String> {
     let kty = jwk.get("kty").and_then(Value::as_str).unwrap_or("");
     let allowed: Vec<Algorithm> = match jwk.get("alg").and_then(Value::as_str) {
         Some(a) => match a.parse::<Algorithm>() {
-            Ok(al) if family(al) == kty && !matches!(al, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) => {
+            Ok(al)
+                if family(al) == kty
+                    && !matches!(al, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) =>
+            {
                 vec![al]
             }
             _ => return Err(format!("the IdP's key has an unusable alg {a:?}")),
@@ -493,28 +604,45 @@ fn algorithm_for(jwk: &Value, token_alg: Algorithm, supported: &[String]) -> Res
         },
     };
     if !allowed.contains(&token_alg) {
-        return Err(format!("it is signed with {} but the IdP's key is for {:?}", alg_name(token_alg), allowed.iter().map(|a| alg_name(*a)).collect::<Vec<_>>()));
+        return Err(format!(
+            "it is signed with {} but the IdP's key is for {:?}",
+            alg_name(token_alg),
+            allowed.iter().map(|a| alg_name(*a)).collect::<Vec<_>>()
+        ));
     }
     if !supported.is_empty() && !supported.iter().any(|s| s == alg_name(token_alg)) {
-        return Err(format!("{} is not among the IdP's id_token_signing_alg_values_supported", alg_name(token_alg)));
+        return Err(format!(
+            "{} is not among the IdP's id_token_signing_alg_values_supported",
+            alg_name(token_alg)
+        ));
     }
     Ok(token_alg)
 }
 
 fn decoding_key(jwk: &Value) -> Result<DecodingKey, String> {
-    let s = |k: &str| jwk.get(k).and_then(Value::as_str).ok_or_else(|| format!("the IdP's key has no {k}"));
+    let s = |k: &str| {
+        jwk.get(k)
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("the IdP's key has no {k}"))
+    };
     match jwk.get("kty").and_then(Value::as_str) {
         Some("RSA") => {
             let n = s("n")?;
-            let bytes = crypto::unb64(n.trim_end_matches('=')).ok_or("the IdP's RSA key is malformed")?;
+            let bytes =
+                crypto::unb64(n.trim_end_matches('=')).ok_or("the IdP's RSA key is malformed")?;
             let bits = bytes.iter().skip_while(|b| **b == 0).count() * 8;
             if bits < 2048 {
-                return Err(format!("the IdP's RSA key has {bits} bits; at least 2048 are required"));
+                return Err(format!(
+                    "the IdP's RSA key has {bits} bits; at least 2048 are required"
+                ));
             }
-            DecodingKey::from_rsa_components(n, s("e")?).map_err(|e| format!("the IdP's RSA key is unusable ({e})"))
+            DecodingKey::from_rsa_components(n, s("e")?)
+                .map_err(|e| format!("the IdP's RSA key is unusable ({e})"))
         }
-        Some("EC") => DecodingKey::from_ec_components(s("x")?, s("y")?).map_err(|e| format!("the IdP's EC key is unusable ({e})")),
-        Some("OKP") => DecodingKey::from_ed_components(s("x")?).map_err(|e| format!("the IdP's OKP key is unusable ({e})")),
+        Some("EC") => DecodingKey::from_ec_components(s("x")?, s("y")?)
+            .map_err(|e| format!("the IdP's EC key is unusable ({e})")),
+        Some("OKP") => DecodingKey::from_ed_components(s("x")?)
+            .map_err(|e| format!("the IdP's OKP key is unusable ({e})")),
         other => Err(format!("the IdP's key type {other:?} is not supported")),
     }
 }

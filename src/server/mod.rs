@@ -102,7 +102,10 @@ impl Server {
             let builder = builder.clone();
             let watcher = graceful.watcher();
             let tls = tls.clone();
-            let conn = crate::app::Conn { peer, tls: tls.is_some() };
+            let conn = crate::app::Conn {
+                peer,
+                tls: tls.is_some(),
+            };
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
                     let app = app.clone();

@@ -273,11 +273,15 @@ impl Store {
         dispatch!(self.update_session(*key, record))
     }
 
-    /// Delete every session with `expires <= now`; returns how many.
     // ----- rate limits and replay caches (decided by the store, so they hold across replicas) -----
 
     /// Record a failure for `key` (e.g. `api_key_login:<ip>`) and return the count within `window` seconds.
-    pub async fn record_failure(&self, key: &str, now: i64, window: i64) -> Result<u32, StoreError> {
+    pub async fn record_failure(
+        &self,
+        key: &str,
+        now: i64,
+        window: i64,
+    ) -> Result<u32, StoreError> {
         dispatch!(self.record_failure(key.to_string(), now, window))
     }
 
@@ -290,6 +294,7 @@ impl Store {
         dispatch!(self.clear_failures(key.to_string()))
     }
 
+    /// Delete every session with `expires <= now`; returns how many.
     pub async fn prune_expired(&self, now: i64) -> Result<u64, StoreError> {
         dispatch!(self.prune_expired(now))
     }

@@ -792,7 +792,12 @@ impl RedbStore {
     }
 
     /// Record a failure for `key` at `now` and return how many fall within the last `window` seconds.
-    pub(super) async fn record_failure(&self, key: String, now: i64, window: i64) -> Result<u32, StoreError> {
+    pub(super) async fn record_failure(
+        &self,
+        key: String,
+        now: i64,
+        window: i64,
+    ) -> Result<u32, StoreError> {
         self.write(move |txn| {
             let mut t = txn.open_table(RATE_LIMITS)?;
             let mut times: Vec<i64> = match t.get(key.as_str())? {
@@ -812,7 +817,12 @@ impl RedbStore {
     }
 
     /// How many failures `key` has within the last `window` seconds (a read).
-    pub(super) async fn failures(&self, key: &str, now: i64, window: i64) -> Result<u32, StoreError> {
+    pub(super) async fn failures(
+        &self,
+        key: &str,
+        now: i64,
+        window: i64,
+    ) -> Result<u32, StoreError> {
         self.read(|txn| {
             let t = txn.open_table(RATE_LIMITS)?;
             let times: Vec<i64> = match t.get(key)? {

@@ -8,9 +8,13 @@ use time::OffsetDateTime;
 use crate::harness::browser::{Browser, Page};
 use crate::harness::fake_headscale::FakeHeadscale;
 use crate::harness::headgate::Headgate;
-use crate::harness::stack::{oidc_section, Site};
+use crate::harness::stack::{Site, oidc_section};
 
-fn start(hs: &FakeHeadscale, extra_server: &[(&str, &str)], oidc: Option<String>) -> (Site, Headgate) {
+fn start(
+    hs: &FakeHeadscale,
+    extra_server: &[(&str, &str)],
+    oidc: Option<String>,
+) -> (Site, Headgate) {
     let site = Site::new();
     let mut cfg = site.config(Some(hs));
     for (k, v) in extra_server {
@@ -43,7 +47,9 @@ async fn whoami(b: &Browser, site: &Site) -> (u16, serde_json::Value) {
 
 fn expires_of(me: &serde_json::Value) -> i64 {
     let s = me["session_expires"].as_str().unwrap();
-    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap().unix_timestamp()
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .unwrap()
+        .unix_timestamp()
 }
 
 #[tokio::test]
@@ -60,18 +66,30 @@ async fn a_valid_key_signs_in_for_the_shorter_of_its_life_and_cookie_max_age() {
     let (status, me) = whoami(&b, &site).await;
     assert_eq!(status, 200, "{}", hg.process.output());
     assert_eq!(me["auth"], "api_key");
-    assert!((expires_of(&me) - (now + time::Duration::hours(1)).unix_timestamp()).abs() <= 5, "{me}");
-    assert!(!me.to_string().contains(&short[12..]), "the key's secret never shows: {me}");
+    assert!(
+        (expires_of(&me) - (now + time::Duration::hours(1)).unix_timestamp()).abs() <= 5,
+        "{me}"
+    );
+    assert!(
+        !me.to_string().contains(&short[12..]),
+        "the key's secret never shows: {me}"
+    );
 
     let b = Browser::new();
     submit_key(&b, &site, &long).await;
     let (_, me) = whoami(&b, &site).await;
-    assert!((expires_of(&me) - (now.unix_timestamp() + 7200)).abs() <= 5, "{me}");
+    assert!(
+        (expires_of(&me) - (now.unix_timestamp() + 7200)).abs() <= 5,
+        "{me}"
+    );
     // No cookie holds the key.
     for c in b.cookies() {
         assert!(!c.value.contains(&long[10..30]), "{c:?}");
     }
-    assert!(!hg.process.output().contains(&long[22..]), "the key's secret is never logged");
+    assert!(
+        !hg.process.output().contains(&long[22..]),
+        "the key's secret is never logged"
+    );
 }
 
 #[tokio::test]
@@ -81,14 +99,24 @@ async fn each_refusal_has_its_message() {
     let (site, _hg) = start(&hs, &[], None);
     for (key, message) in [
         (expired.as_str(), "API key has expired"),
-        ("hskey-api-ZZZZZZZZZZZZ-0000000000000000000000000000000000000000000000000000000000000000", "API key was not found"),
-        ("not a key", "API key is invalid (it may be incorrect or expired)"),
+        (
+            "hskey-api-ZZZZZZZZZZZZ-0000000000000000000000000000000000000000000000000000000000000000",
+            "API key was not found",
+        ),
+        (
+            "not a key",
+            "API key is invalid (it may be incorrect or expired)",
+        ),
         ("   ", "API key cannot be empty"),
     ] {
         let b = Browser::new();
         let r = submit_key(&b, &site, key).await;
         assert_eq!(r.status(), 200, "{key}");
-        assert!(r.text().contains(message), "{key:?} → expected {message:?} in {}", r.visible_text());
+        assert!(
+            r.text().contains(message),
+            "{key:?} → expected {message:?} in {}",
+            r.visible_text()
+        );
         assert_eq!(whoami(&b, &site).await.0, 401);
     }
 }
@@ -107,7 +135,11 @@ async fn a_key_revoked_at_headscale_ends_its_sessions() {
         if whoami(&b, &site).await.0 == 401 {
             break;
         }
-        assert!(Instant::now() < deadline, "session still alive: {}", hg.process.output());
+        assert!(
+            Instant::now() < deadline,
+            "session still alive: {}",
+            hg.process.output()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -117,14 +149,30 @@ async fn disabled_api_key_login_refuses_a_direct_post() {
     let hs = FakeHeadscale::start();
     let key = hs.add_api_key(Some(OffsetDateTime::now_utc() + time::Duration::hours(2)));
     let rogue = crate::harness::rogue::RogueIdp::start();
-    let (site, _hg) = start(&hs, &[], Some(oidc_section(rogue.issuer(), "disable_api_key_login = true")));
+    let (site, _hg) = start(
+        &hs,
+        &[],
+        Some(oidc_section(rogue.issuer(), "disable_api_key_login = true")),
+    );
     let b = Browser::new();
     // The login page goes straight to SSO.
     let p = b.get(site.url("/admin/login")).await;
     assert_eq!(p.status(), 302);
-    assert!(p.header("location").unwrap().starts_with("/admin/oidc/start"), "{:?}", p.header("location"));
+    assert!(
+        p.header("location")
+            .unwrap()
+            .starts_with("/admin/oidc/start"),
+        "{:?}",
+        p.header("location")
+    );
     let r = b
-        .request(reqwest::Method::POST, &site.url("/admin/login"), Some(vec![("api_key".into(), key.clone())]), &[("origin", &site.base())], None)
+        .request(
+            reqwest::Method::POST,
+            &site.url("/admin/login"),
+            Some(vec![("api_key".into(), key.clone())]),
+            &[("origin", &site.base())],
+            None,
+        )
         .await;
     assert_eq!(r.status(), 403);
     assert_eq!(whoami(&b, &site).await.0, 401);
@@ -137,10 +185,26 @@ async fn cross_site_posts_and_missing_tokens_are_refused() {
     let (site, _hg) = start(&hs, &[], None);
     let b = Browser::new();
     let form = Some(vec![("api_key".to_string(), key.clone())]);
-    let r = b.request(reqwest::Method::POST, &site.url("/admin/login"), form.clone(), &[("origin", "https://evil.example")], None).await;
+    let r = b
+        .request(
+            reqwest::Method::POST,
+            &site.url("/admin/login"),
+            form.clone(),
+            &[("origin", "https://evil.example")],
+            None,
+        )
+        .await;
     assert_eq!(r.status(), 403);
     // Same origin but no CSRF token of ours.
-    let r = b.request(reqwest::Method::POST, &site.url("/admin/login"), form, &[("origin", &site.base())], None).await;
+    let r = b
+        .request(
+            reqwest::Method::POST,
+            &site.url("/admin/login"),
+            form,
+            &[("origin", &site.base())],
+            None,
+        )
+        .await;
     assert_eq!(r.status(), 403);
     assert_eq!(whoami(&b, &site).await.0, 401);
 }

@@ -35,24 +35,49 @@ impl InProcess {
             "[server]\nlisten = \"{addr}\"\nbase_url = \"http://{addr}\"\ncookie_secret = \"{TEST_SECRET}\"\ncookie_secure = false\ndata_path = \"{}\"\n\n{sections}\n",
             dir.path().join("data").display()
         );
-        let config = Config::parse("in-process", &text, &HashMap::new()).unwrap_or_else(|e| panic!("{e}"));
+        let config =
+            Config::parse("in-process", &text, &HashMap::new()).unwrap_or_else(|e| panic!("{e}"));
         std::fs::create_dir_all(dir.path().join("data")).unwrap();
         let store = Store::open_redb(&config.store_path(), 4 << 20).unwrap();
         let clock = Arc::new(ManualClock::default());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (store2, clock2) = (store.clone(), clock.clone());
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
-                let (app, bg) = App::new(Arc::new(config), store2, HttpClient::new(), clock2, Arc::new(OsRandom));
+                let (app, bg) = App::new(
+                    Arc::new(config),
+                    store2,
+                    HttpClient::new(),
+                    clock2,
+                    Arc::new(OsRandom),
+                );
                 let app = Arc::new(app);
                 app.spawn_background(bg);
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 let server = Server::from_listener(app, listener).unwrap();
-                server.run(async move { let _ = stop_rx.await; }, std::time::Duration::from_secs(1)).await;
+                server
+                    .run(
+                        async move {
+                            let _ = stop_rx.await;
+                        },
+                        std::time::Duration::from_secs(1),
+                    )
+                    .await;
             });
         });
-        InProcess { addr, clock, store, _dir: dir, stop: Some(stop_tx), thread: Some(thread) }
+        InProcess {
+            addr,
+            clock,
+            store,
+            _dir: dir,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
     }
 
     pub fn base(&self) -> String {

@@ -35,7 +35,11 @@ impl Site {
             .server("listen", &format!("\"127.0.0.1:{}\"", self.port))
             .server("base_url", &format!("\"{}\"", self.base()));
         if let Some(hs) = hs {
-            c = c.section(format!("[headscale]\nurl = \"{}\"\napi_key = \"{}\"", hs.url(), hs.admin_key()));
+            c = c.section(format!(
+                "[headscale]\nurl = \"{}\"\napi_key = \"{}\"",
+                hs.url(),
+                hs.admin_key()
+            ));
         }
         c
     }
@@ -67,7 +71,9 @@ pub fn stack(idp: TestIdpBuilder, oidc_extra: &str, server: &[(&str, &str)]) -> 
     let site = Site::new();
     let idp = idp.redirect_uri(&site.callback()).start();
     let hs = FakeHeadscale::start();
-    let mut cfg = site.config(Some(&hs)).section(oidc_section(idp.issuer(), oidc_extra));
+    let mut cfg = site
+        .config(Some(&hs))
+        .section(oidc_section(idp.issuer(), oidc_extra));
     for (k, v) in server {
         cfg = cfg.server(k, v);
     }
@@ -82,27 +88,41 @@ impl Stack {
 
     /// Wait until headgate's log has a line containing `needle` (logs are read by another thread).
     pub fn wait_log(&mut self, needle: &str) -> String {
-        self.hg.process.wait_for_line(Duration::from_secs(5), |l| l.contains(needle))
+        self.hg
+            .process
+            .wait_for_line(Duration::from_secs(5), |l| l.contains(needle))
     }
 }
 
 /// Sign in through the real IdP's pages: start (with `rd`), the IdP's login, then headgate's callback.
 /// Returns the callback's response (normally a redirect to the return target).
-pub async fn sign_in(b: &Browser, site: &Site, login: &str, password: &str, rd: Option<&str>) -> Page {
+pub async fn sign_in(
+    b: &Browser,
+    site: &Site,
+    login: &str,
+    password: &str,
+    rd: Option<&str>,
+) -> Page {
     let start = match rd {
         Some(rd) => site.url(&format!("/admin/oidc/start?rd={}", enc(rd))),
         None => site.url("/admin/oidc/start"),
     };
     let to_idp = b.get(&start).await;
     assert_eq!(to_idp.status(), 302, "start: {}", to_idp.text());
-    let callback = b.idp_login(to_idp.location().unwrap().as_str(), login, password).await;
+    let callback = b
+        .idp_login(to_idp.location().unwrap().as_str(), login, password)
+        .await;
     b.get(callback.as_str()).await
 }
 
 /// Where a response sends the browser, relative to the site when it stays on it.
 pub fn landing(site: &Site, p: &Page) -> String {
-    let loc = p.header("location").unwrap_or_else(|| panic!("no Location ({}): {}", p.status(), p.text()));
-    loc.strip_prefix(&site.base()).map(str::to_string).unwrap_or(loc)
+    let loc = p
+        .header("location")
+        .unwrap_or_else(|| panic!("no Location ({}): {}", p.status(), p.text()));
+    loc.strip_prefix(&site.base())
+        .map(str::to_string)
+        .unwrap_or(loc)
 }
 
 pub fn enc(s: &str) -> String {
@@ -116,5 +136,7 @@ pub fn login_code(p: &Page) -> Option<String> {
     if u.path() != "/admin/login" {
         return None;
     }
-    u.query_pairs().find(|(k, _)| k == "s").map(|(_, v)| v.into_owned())
+    u.query_pairs()
+        .find(|(k, _)| k == "s")
+        .map(|(_, v)| v.into_owned())
 }
