@@ -328,11 +328,21 @@ pub async fn oidc_callback(app: &App, req: &Request<hyper::body::Incoming>) -> R
     if let Err(e) = identity::check_allowed(cfg, &who, &claims) {
         return fail(e);
     }
-    // The person is in: their user record, then a fresh session (never the one the browser brought).
-    let user = match upsert_user(app, &who, now).await {
+    // The person is in: their user record (role from the IdP when configured), their link, then a fresh
+    // session (never the one the browser brought).
+    let claim_role = cfg.role_claim.as_ref().map(|c| {
+        crate::roles::role_from_claim(claims.get(c), &cfg.role_map).unwrap_or(cfg.default_role)
+    });
+    let user = match upsert_user(app, &who, claim_role, now).await {
         Ok(u) => u,
         Err(e) => return store_failure(&e),
     };
+    if let Some(hs) = &app.headscale
+        && let Err(e) =
+            crate::linking::at_sign_in(&app.config, hs, &app.store, &user, &who, now).await
+    {
+        return store_failure(&e);
+    }
     if let Ok(Lookup::Valid(old)) = app.sessions.lookup(req.headers(), now).await {
         let _ = app.sessions.delete(old.key()).await;
     }
@@ -369,6 +379,7 @@ pub async fn oidc_callback(app: &App, req: &Request<hyper::body::Incoming>) -> R
 async fn upsert_user(
     app: &App,
     who: &identity::Identity,
+    claim_role: Option<Role>,
     now: i64,
 ) -> Result<crate::store::User, StoreError> {
     let cfg = app
@@ -386,6 +397,19 @@ async fn upsert_user(
         u.name = who.name.clone();
         u.picture = who.picture.clone();
         u.last_login = now;
+        // S13: with a role claim the IdP owns the role (the owner stays owner).
+        if let Some(r) = claim_role
+            && u.role != Role::Owner
+            && u.role != r
+        {
+            tracing::info!(
+                user = u.id.0,
+                from = u.role.as_str(),
+                to = r.as_str(),
+                "role changed by the IdP's role claim"
+            );
+            u.role = r;
+        }
         app.store.update_user(&u).await?;
         return Ok(u);
     }
@@ -399,7 +423,7 @@ async fn upsert_user(
         email_verified: who.email_verified,
         name: who.name.clone(),
         picture: who.picture.clone(),
-        role: Role::Member,
+        role: claim_role.unwrap_or(cfg.default_role),
         onboarded: false,
         created: now,
     };
@@ -509,20 +533,48 @@ pub async fn whoami(app: &App, req: &Request<hyper::body::Incoming>) -> Response
                     t.format(&time::format_description::well_known::Rfc3339)
                         .ok()
                 });
+            let link = match s.user() {
+                Some(u) => match app.store.link_of_user(u.id).await {
+                    Ok(l) => l,
+                    Err(e) => return store_failure_json(&e),
+                },
+                None => None,
+            };
+            let (link_state, hs_id, hs_name) = match &link {
+                None => ("none", None, None),
+                Some(l) if l.state == crate::store::LinkState::Pending => ("pending", None, None),
+                Some(l) => (
+                    "linked",
+                    Some(l.headscale_user_id.clone()),
+                    Some(l.headscale_name.clone()),
+                ),
+            };
             let body = match (s.user(), &r.subject) {
-                (Some(u), _) => json!({
-                    "auth": "oidc",
-                    "subject": u.subject,
-                    "email": u.email,
-                    "email_verified": u.email_verified,
-                    "name": u.name,
-                    "picture": u.picture,
-                    "role": u.role.as_str(),
-                    "session_expires": expires,
-                }),
+                (Some(u), _) => {
+                    let caps = crate::roles::caps(u.role);
+                    json!({
+                        "auth": "oidc",
+                        "subject": u.subject,
+                        "email": u.email,
+                        "email_verified": u.email_verified,
+                        "name": u.name,
+                        "picture": u.picture,
+                        "role": u.role.as_str(),
+                        "capabilities": caps.names(),
+                        "capability_bits": caps.0,
+                        "link": link_state,
+                        "headscale_user_id": hs_id,
+                        "headscale_user": hs_name,
+                        "session_expires": expires,
+                    })
+                }
                 (None, SessionSubject::ApiKey { prefix, .. }) => json!({
                     "auth": "api_key",
                     "api_key_prefix": prefix,
+                    "role": null,
+                    "capabilities": crate::roles::Caps::ALL.names(),
+                    "capability_bits": crate::roles::Caps::ALL.0,
+                    "link": "none",
                     "session_expires": expires,
                 }),
                 (None, SessionSubject::User(_)) => json!({"error": "not_signed_in"}),
@@ -530,6 +582,14 @@ pub async fn whoami(app: &App, req: &Request<hyper::body::Incoming>) -> Response
             respond::json(StatusCode::OK, body)
         }
     }
+}
+
+fn store_failure_json(e: &StoreError) -> Response<Body> {
+    tracing::error!(error = %e, "store failure");
+    respond::json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({"error": "store_unavailable"}),
+    )
 }
 
 /// `/admin/` when headgate runs without an upstream (forward-auth only): a small signed-in page.

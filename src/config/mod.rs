@@ -28,6 +28,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub headscale: Option<HeadscaleConfig>,
     pub oidc: Option<OidcConfig>,
+    pub onboarding: OnboardingConfig,
     /// Non-fatal findings (open-door defaults) shown by `serve` and `check-config`.
     pub warnings: Vec<String>,
 }
@@ -69,6 +70,21 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone)]
+pub struct OnboardingConfig {
+    pub self_link: SelfLink,
+    /// Longest expiry (seconds) of a pre-auth key people create for themselves.
+    pub own_key_max_expiry: u64,
+}
+
+/// S4: what a person's own pick of a Headscale user does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelfLink {
+    Approve,
+    Allow,
+    Off,
+}
+
+#[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub url: Option<Url>,
     pub headplane_login: HeadplaneLogin,
@@ -86,6 +102,8 @@ pub struct HeadscaleConfig {
     pub url: Url,
     pub public_url: Url,
     pub api_key: Secret,
+    /// The issuer Headscale's own OIDC uses, when it differs from oidc.issuer (for subject linking, S3).
+    pub oidc_issuer: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +126,13 @@ pub struct OidcConfig {
     pub groups_claim: String,
     pub allowed_subjects: Vec<String>,
     pub trust_unverified_email: bool,
+    /// The role of people who are not owner and get none from a claim (never owner).
+    pub default_role: crate::store::Role,
+    /// A claim that carries the role (S13); the IdP then owns roles.
+    pub role_claim: Option<String>,
+    pub role_map: BTreeMap<String, crate::store::Role>,
+    /// Seconds after which a session is refreshed with its refresh token.
+    pub refresh_interval: u64,
 }
 
 /// Endpoints set in the configuration; each one overrides discovery.
@@ -236,6 +261,7 @@ impl Config {
         let upstream_t = take_section(&mut root, "upstream", &mut errors);
         let headscale_t = take_section(&mut root, "headscale", &mut errors);
         let oidc_t = take_section(&mut root, "oidc", &mut errors);
+        let onboarding_t = take_section(&mut root, "onboarding", &mut errors);
         for key in root.keys() {
             let mut msg = "unknown section".to_string();
             if let Some(s) = nearest(key, SECTIONS) {
@@ -286,6 +312,17 @@ impl Config {
             r
         });
 
+        let onboarding = {
+            let mut s = Section::new(
+                "onboarding",
+                onboarding_t.unwrap_or_default(),
+                env_of("onboarding"),
+                &mut errors,
+            );
+            let r = read_onboarding(&mut s);
+            s.finish();
+            r
+        };
         if !errors.is_empty() {
             return Err(fail(errors));
         }
@@ -305,6 +342,7 @@ impl Config {
             upstream,
             headscale,
             oidc,
+            onboarding,
             warnings: Vec::new(),
         };
         config.warnings = open_door_warnings(&config);
@@ -333,6 +371,9 @@ impl Config {
         collect("oidc", &|s| {
             read_oidc(s, &env);
         });
+        collect("onboarding", &|s| {
+            read_onboarding(s);
+        });
         keys.sort();
         keys.dedup();
         keys
@@ -344,7 +385,7 @@ impl Config {
     }
 }
 
-const SECTIONS: &[&str] = &["server", "upstream", "headscale", "oidc"];
+const SECTIONS: &[&str] = &["server", "upstream", "headscale", "oidc", "onboarding"];
 
 /// Apply `HEADGATE_<SECTION>__<KEY>[__<SUBKEY>]` variables; returns, per section, the keys they set.
 fn apply_env_overrides(
@@ -612,6 +653,26 @@ fn read_upstream(s: &mut Section<'_>) -> UpstreamConfig {
     }
 }
 
+fn read_onboarding(s: &mut Section<'_>) -> OnboardingConfig {
+    let self_link = match s.string("self_link").as_deref() {
+        None | Some("approve") => SelfLink::Approve,
+        Some("allow") => SelfLink::Allow,
+        Some("off") => SelfLink::Off,
+        Some(other) => {
+            s.error(
+                "self_link",
+                format!("{other:?} is not one of \"approve\", \"allow\", \"off\""),
+            );
+            SelfLink::Approve
+        }
+    };
+    let own_key_max_expiry = s.u64_in("own_key_max_expiry", 86400, 300, 7 * 86400);
+    OnboardingConfig {
+        self_link,
+        own_key_max_expiry,
+    }
+}
+
 fn read_headscale(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<HeadscaleConfig> {
     let url = match s.string("url") {
         None => {
@@ -634,11 +695,13 @@ fn read_headscale(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<
             "missing: create one with `headscale apikeys create --expiration 90d`",
         );
     }
+    let oidc_issuer = s.non_empty_string("oidc_issuer");
     let url = url?;
     Some(HeadscaleConfig {
         public_url: public_url.unwrap_or_else(|| url.clone()),
         url,
         api_key: api_key?,
+        oidc_issuer,
     })
 }
 
@@ -732,6 +795,40 @@ fn read_oidc(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<OidcC
     let groups_claim = s.string("groups_claim").unwrap_or_else(|| "groups".into());
     let allowed_subjects = s.string_list("allowed_subjects").unwrap_or_default();
     let trust_unverified_email = s.bool("trust_unverified_email", false);
+    let default_role = match s.string("default_role") {
+        None => crate::store::Role::Member,
+        Some(r) => match crate::store::Role::from_name(&r) {
+            Some(crate::store::Role::Owner) => {
+                s.error("default_role", "cannot be \"owner\": the owner is bootstrapped (server.initial_owner) or transferred");
+                crate::store::Role::Member
+            }
+            Some(role) => role,
+            None => {
+                s.error("default_role", format!("{r:?} is not a role (admin, network_admin, it_admin, auditor, viewer, member)"));
+                crate::store::Role::Member
+            }
+        },
+    };
+    let role_claim = s.non_empty_string("role_claim");
+    let mut role_map = BTreeMap::new();
+    for (k, v) in s.string_map("role_map") {
+        match crate::store::Role::from_name(&v) {
+            Some(crate::store::Role::Owner) => s.error(
+                &format!("role_map.{k}"),
+                "cannot map to \"owner\": owner never comes from the IdP",
+            ),
+            Some(r) => {
+                role_map.insert(k, r);
+            }
+            None => s.error(
+                &format!("role_map.{k}"),
+                format!(
+                    "{v:?} is not a role (admin, network_admin, it_admin, auditor, viewer, member)"
+                ),
+            ),
+        }
+    }
+    let refresh_interval = s.u64_in("refresh_interval", 3600, 60, 30 * 86400);
     Some(OidcConfig {
         issuer: issuer?,
         client_id: client_id?,
@@ -751,6 +848,10 @@ fn read_oidc(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<OidcC
         groups_claim,
         allowed_subjects,
         trust_unverified_email,
+        default_role,
+        role_claim,
+        role_map,
+        refresh_interval,
     })
 }
 

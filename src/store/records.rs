@@ -157,6 +157,9 @@ pub struct Link {
     pub provider_id: String,
     pub state: LinkState,
     pub created: i64,
+    /// The Headscale user's name when linked (for headers and pages; never used to decide anything).
+    #[serde(default)]
+    pub headscale_name: String,
 }
 
 /// What `link_if_unclaimed` did.
