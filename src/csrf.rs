@@ -48,3 +48,22 @@ pub fn verify(keys: &Keys, cookie_value: &str, token: &str) -> bool {
         _ => false,
     }
 }
+
+/// The form token of a signed-in page, bound to the session (forms on `/_headgate/…` pages).
+pub fn session_token(keys: &Keys, session: &crate::store::SessionKey) -> String {
+    crypto::b64(&keys.mac(
+        Purpose::Csrf,
+        &[b"session:".as_slice(), session.as_bytes()].concat(),
+    ))
+}
+
+pub fn verify_session_token(keys: &Keys, session: &crate::store::SessionKey, token: &str) -> bool {
+    match crypto::unb64(token) {
+        Some(tag) if tag.len() == 32 => keys.verify_mac(
+            Purpose::Csrf,
+            &[b"session:".as_slice(), session.as_bytes()].concat(),
+            &tag,
+        ),
+        _ => false,
+    }
+}

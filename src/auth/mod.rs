@@ -619,3 +619,62 @@ pub async fn signed_in_page(app: &App, req: &Request<hyper::body::Incoming>) -> 
         }
     }
 }
+
+/// For headgate's own pages: the verified session, or the response to send instead (sign-in redirect for a
+/// signed-out person, 401 + cleared cookies for two session cookies, 503 on a store failure).
+pub async fn require_session(
+    app: &App,
+    req: &Request<hyper::body::Incoming>,
+) -> Result<VerifiedSession, Response<Body>> {
+    match app.sessions.lookup(req.headers(), app.now()).await {
+        Ok(Lookup::Valid(s)) => Ok(*s),
+        Ok(Lookup::Ambiguous) => Err(respond::with_cookies(
+            respond::error_page(
+                StatusCode::UNAUTHORIZED,
+                "Sign in again",
+                "Your browser sent two session cookies.",
+                None,
+            ),
+            &[app.sessions.clear_cookie()],
+        )),
+        Ok(Lookup::None | Lookup::Invalid) => {
+            let path_q = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/admin/");
+            let rd = app.redirects.validate_or_default(Some(path_q));
+            let to = format!("{LOGIN_PATH}?rd={}", enc(rd.as_str()));
+            let status = if req.method() == http::Method::POST {
+                StatusCode::SEE_OTHER
+            } else {
+                StatusCode::FOUND
+            };
+            Err(respond::with_cookies(
+                respond::redirect(status, &to),
+                &[app.sessions.clear_cookie()],
+            ))
+        }
+        Err(e) => Err(store_failure(&e)),
+    }
+}
+
+/// The capabilities of a session (API-key sessions: all).
+pub fn session_caps(s: &VerifiedSession) -> crate::roles::Caps {
+    match s.user() {
+        Some(u) => crate::roles::caps(u.role),
+        None => crate::roles::Caps::ALL,
+    }
+}
+
+/// A 403 page naming the missing capability and the person's role.
+pub fn forbidden(s: &VerifiedSession, needed: crate::roles::Caps) -> Response<Body> {
+    let role = s.user().map(|u| u.role.as_str()).unwrap_or("api key");
+    let missing = session_caps(s).missing(needed);
+    respond::error_page(
+        StatusCode::FORBIDDEN,
+        "Not allowed",
+        &format!("This needs the {missing} capability; your role is {role}."),
+        Some("Ask an administrator to change your role."),
+    )
+}

@@ -1,0 +1,3 @@
+//! User administration: domain operations (shared by the users page, the admin socket and the CLI).
+
+pub mod ops;

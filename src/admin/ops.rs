@@ -1,0 +1,321 @@
+//! User administration as domain operations, shared by the users page, the admin socket and the CLI, so the
+//! rules are the same everywhere: nobody assigns `owner` by a role change, the owner is never demoted,
+//! only the owner (or the local operator) transfers ownership, links stay one-to-one, and every change is
+//! audited.
+
+use std::fmt;
+
+use crate::headscale::User as HsUser;
+use crate::roles::{Caps, caps};
+use crate::store::{
+    Link, LinkOutcome, LinkState, NewAuditEvent, Role, Store, StoreError, User, UserId,
+};
+
+/// Who asks for a change.
+#[derive(Debug, Clone)]
+pub enum Actor {
+    /// A signed-in person with their current role.
+    Person {
+        id: UserId,
+        role: Role,
+        label: String,
+    },
+    /// The local operator through the CLI (admin socket or the store directly), with their uid.
+    Operator { uid: u32 },
+}
+
+impl Actor {
+    fn label(&self) -> String {
+        match self {
+            Actor::Person { id, label, .. } => format!("user {} ({label})", id.0),
+            Actor::Operator { uid } => format!("cli uid {uid}"),
+        }
+    }
+    fn caps(&self) -> Caps {
+        match self {
+            Actor::Person { role, .. } => caps(*role),
+            Actor::Operator { .. } => Caps::ALL,
+        }
+    }
+    fn is_owner(&self) -> bool {
+        match self {
+            Actor::Person { role, .. } => *role == Role::Owner,
+            Actor::Operator { .. } => true,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum OpError {
+    /// The actor lacks a capability (403).
+    Forbidden(String),
+    /// The change breaks a rule (409/400).
+    Refused(String),
+    NotFound(String),
+    Store(StoreError),
+}
+
+impl fmt::Display for OpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpError::Forbidden(m) | OpError::Refused(m) | OpError::NotFound(m) => f.write_str(m),
+            OpError::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for OpError {}
+
+impl From<StoreError> for OpError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(m) => OpError::Refused(m),
+            StoreError::NotFound(m) => OpError::NotFound(m),
+            other => OpError::Store(other),
+        }
+    }
+}
+
+fn need(actor: &Actor, c: Caps) -> Result<(), OpError> {
+    if actor.caps().has(c) {
+        Ok(())
+    } else {
+        Err(OpError::Forbidden(format!("this needs the {c} capability")))
+    }
+}
+
+async fn audit(
+    store: &Store,
+    now: i64,
+    actor: &Actor,
+    action: &str,
+    target: String,
+    detail: String,
+) -> Result<(), OpError> {
+    store
+        .append_audit(vec![NewAuditEvent {
+            at: now,
+            actor: actor.label(),
+            action: action.into(),
+            target,
+            detail,
+        }])
+        .await?;
+    Ok(())
+}
+
+/// Find a user by id, email (ASCII case-insensitive) or subject.
+pub async fn resolve_user(store: &Store, who: &str) -> Result<User, OpError> {
+    let users = store.users().await?;
+    let w = who.trim();
+    let found: Vec<&User> = users
+        .iter()
+        .filter(|u| {
+            w.parse::<u64>().is_ok_and(|n| u.id.0 == n)
+                || u.subject == w
+                || u.email
+                    .as_deref()
+                    .is_some_and(|e| e.eq_ignore_ascii_case(w))
+        })
+        .collect();
+    match found.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(OpError::NotFound(format!(
+            "no user {w:?} (give an id, an email or a subject)"
+        ))),
+        _ => Err(OpError::Refused(format!(
+            "{w:?} matches several users: give the id"
+        ))),
+    }
+}
+
+async fn load(store: &Store, id: UserId) -> Result<User, OpError> {
+    store
+        .user(id)
+        .await?
+        .ok_or_else(|| OpError::NotFound(format!("no user with id {}", id.0)))
+}
+
+/// Change a role. `owner` is never assigned this way, the owner is never demoted, and roles owned by the
+/// IdP (`oidc.role_claim`) are read-only.
+pub async fn set_role(
+    store: &Store,
+    actor: &Actor,
+    target: UserId,
+    role: Role,
+    idp_owns_roles: bool,
+    now: i64,
+) -> Result<User, OpError> {
+    need(actor, Caps::WRITE_USERS)?;
+    if role == Role::Owner {
+        return Err(OpError::Refused(
+            "owner cannot be assigned: the owner transfers ownership instead".into(),
+        ));
+    }
+    let mut u = load(store, target).await?;
+    if u.role == Role::Owner {
+        return Err(OpError::Refused(
+            "the owner's role cannot be changed: transfer ownership first".into(),
+        ));
+    }
+    if idp_owns_roles {
+        return Err(OpError::Refused(
+            "roles come from the identity provider (oidc.role_claim): change them there".into(),
+        ));
+    }
+    let from = u.role;
+    u.role = role;
+    store.update_user(&u).await?;
+    audit(
+        store,
+        now,
+        actor,
+        "set_role",
+        format!("user {}", u.id.0),
+        format!("{} → {}", from.as_str(), role.as_str()),
+    )
+    .await?;
+    Ok(u)
+}
+
+/// Hand ownership to another user; the old owner becomes admin. Only the owner (or the local operator).
+pub async fn transfer_ownership(
+    store: &Store,
+    actor: &Actor,
+    to: UserId,
+    now: i64,
+) -> Result<(), OpError> {
+    if !actor.is_owner() {
+        return Err(OpError::Forbidden(
+            "only the owner can transfer ownership".into(),
+        ));
+    }
+    let owner = store
+        .users()
+        .await?
+        .into_iter()
+        .find(|u| u.role == Role::Owner)
+        .ok_or_else(|| OpError::Refused("there is no owner to transfer from".into()))?;
+    if owner.id == to {
+        return Err(OpError::Refused("that user is already the owner".into()));
+    }
+    load(store, to).await?;
+    store.transfer_ownership(owner.id, to).await?;
+    audit(
+        store,
+        now,
+        actor,
+        "transfer_ownership",
+        format!("user {}", to.0),
+        format!("from user {}", owner.id.0),
+    )
+    .await
+}
+
+/// Approve a pending self-link.
+pub async fn approve_link(
+    store: &Store,
+    actor: &Actor,
+    target: UserId,
+    now: i64,
+) -> Result<Link, OpError> {
+    need(actor, Caps::WRITE_USERS)?;
+    let link = store
+        .link_of_user(target)
+        .await?
+        .ok_or_else(|| OpError::NotFound("that user has no link".into()))?;
+    if link.state != LinkState::Pending {
+        return Err(OpError::Refused("that link is not pending".into()));
+    }
+    let l = store.approve_link(target).await?;
+    audit(
+        store,
+        now,
+        actor,
+        "approve_link",
+        format!("user {}", target.0),
+        format!("headscale user {}", l.headscale_user_id),
+    )
+    .await?;
+    Ok(l)
+}
+
+/// Remove a user's link (a refused pending pick, or an unlink).
+pub async fn unlink(store: &Store, actor: &Actor, target: UserId, now: i64) -> Result<(), OpError> {
+    need(actor, Caps::WRITE_USERS)?;
+    let removed = store
+        .remove_link(target)
+        .await?
+        .ok_or_else(|| OpError::NotFound("that user has no link".into()))?;
+    audit(
+        store,
+        now,
+        actor,
+        "unlink",
+        format!("user {}", target.0),
+        format!("headscale user {}", removed.headscale_user_id),
+    )
+    .await
+}
+
+/// Link a user to a Headscale user chosen by an administrator (never the synthetic tagged-devices user).
+pub async fn link(
+    store: &Store,
+    actor: &Actor,
+    target: UserId,
+    hs: &HsUser,
+    now: i64,
+) -> Result<(), OpError> {
+    need(actor, Caps::WRITE_USERS)?;
+    if hs.is_tagged_devices() {
+        return Err(OpError::Refused("tagged-devices is not a person".into()));
+    }
+    let u = load(store, target).await?;
+    match store
+        .link_if_unclaimed(crate::linking::link_for(hs, &u, LinkState::Approved, now))
+        .await?
+    {
+        LinkOutcome::Linked => {}
+        LinkOutcome::AlreadyLinkedToOther(o) => {
+            return Err(OpError::Refused(format!(
+                "Headscale user {} is already linked to user {}",
+                hs.id, o.0
+            )));
+        }
+        LinkOutcome::UserAlreadyLinked => {
+            return Err(OpError::Refused(
+                "that user is already linked: unlink first".into(),
+            ));
+        }
+    }
+    audit(
+        store,
+        now,
+        actor,
+        "link",
+        format!("user {}", target.0),
+        format!("headscale user {}", hs.id),
+    )
+    .await
+}
+
+/// End every session of a user.
+pub async fn revoke_sessions(
+    store: &Store,
+    actor: &Actor,
+    target: UserId,
+    now: i64,
+) -> Result<u64, OpError> {
+    need(actor, Caps::WRITE_USERS)?;
+    let n = store.delete_sessions_of_user(target).await?;
+    audit(
+        store,
+        now,
+        actor,
+        "revoke_sessions",
+        format!("user {}", target.0),
+        format!("{n} session(s)"),
+    )
+    .await?;
+    Ok(n)
+}
