@@ -8,6 +8,7 @@
 pub mod error;
 mod html;
 pub mod login;
+pub mod users;
 
 pub use error::render_error;
 pub use html::{Html, el, escape, prose, void};
@@ -322,6 +323,71 @@ input[aria-invalid="true"] { border-color: var(--error-text); }
   body { padding: 20px 12px; justify-content: flex-start; }
   .card { padding: 24px 20px 20px; border-radius: 14px; }
 }
+
+/* Tables (the users page). */
+.card.wide { max-width: 1180px; }
+.table-wrap { width: 100%; overflow-x: auto; margin: 0 0 24px; }
+table.grid { width: 100%; border-collapse: collapse; font-size: 0.9rem; }
+table.grid th, table.grid td {
+  padding: 10px 8px;
+  border-bottom: 1px solid var(--border);
+  text-align: left;
+  vertical-align: top;
+  overflow-wrap: anywhere;
+}
+table.grid th {
+  color: var(--muted);
+  font-size: 0.75rem;
+  font-weight: 600;
+  letter-spacing: 0.06em;
+  text-transform: uppercase;
+}
+table.grid tbody tr:hover { background: var(--subtle); }
+table.grid td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.grid td.actions-cell { min-width: 260px; }
+table.audit td { font-size: 0.85rem; }
+.muted { color: var(--muted); }
+.note { margin: 4px 0 8px; color: var(--muted); font-size: 0.82rem; }
+.badge {
+  display: inline-block;
+  padding: 1px 8px;
+  border-radius: 999px;
+  background: var(--info-bg);
+  color: var(--info-text);
+  font-size: 0.78rem;
+  font-weight: 600;
+}
+.badge.owner { background: var(--accent); color: var(--accent-text); }
+.badge.warn { background: var(--warn-bg); color: var(--warn-text); }
+.row-form { display: flex; flex-wrap: wrap; gap: 6px; align-items: center; margin: 0 0 6px; }
+select {
+  min-height: 32px;
+  padding: 4px 8px;
+  border: 1px solid var(--field-border);
+  border-radius: 8px;
+  background: var(--field);
+  color: var(--text);
+  font: inherit;
+  font-size: 0.85rem;
+}
+button.small {
+  min-height: 32px;
+  padding: 4px 12px;
+  border: 1px solid var(--field-border);
+  border-radius: 8px;
+  background: var(--card);
+  color: var(--text);
+  font: inherit;
+  font-size: 0.85rem;
+  font-weight: 600;
+  cursor: pointer;
+}
+button.small:hover { background: var(--subtle); }
+button.small.danger { color: var(--error-text); border-color: var(--error-border); }
+button.small:disabled, select:disabled { opacity: 0.55; cursor: not-allowed; }
+button.small:focus-visible, select:focus-visible { outline: 3px solid var(--ring); outline-offset: 2px; }
+.panel { margin: 0 0 24px; }
+.pager { font-size: 0.9rem; }
 "#;
 
 #[cfg(test)]

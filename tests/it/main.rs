@@ -14,3 +14,4 @@ mod serve;
 mod sessions;
 mod signin;
 mod store;
+mod users_page;
