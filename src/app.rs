@@ -107,7 +107,10 @@ impl App {
             .as_ref()
             .map(|o| o.callback_path.clone())
             .unwrap_or_else(|| "/admin/oidc/callback".into());
-        let flow_path = crate::oidc::flow::common_cookie_path(START_PATH, &callback);
+        // Path=/ so flow cookies can carry the __Host- prefix when secure (S6): no sibling subdomain can
+        // plant one. The name tells flows apart.
+        let _ = callback;
+        let flow_path = "/".to_string();
         let app = App {
             config,
             store,

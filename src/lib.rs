@@ -10,6 +10,7 @@ pub mod app;
 pub mod auth;
 pub mod check;
 pub mod cli;
+pub mod client_ip;
 pub mod clock;
 pub mod config;
 pub mod cookies;

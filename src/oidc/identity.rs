@@ -137,15 +137,19 @@ pub fn check_allowed(
     if domains.is_empty() && groups.is_empty() && subjects.is_empty() {
         return Ok(());
     }
+    // S1: the domain allowlist counts a verified email only (trust_unverified_email is for linking, not
+    // admission); a Google `hd` claim that is present must be an allowed domain whatever admits the person.
+    let hd_ok = domains.is_empty()
+        || text(c, "hd").is_none_or(|hd| domains.iter().any(|x| x.eq_ignore_ascii_case(&hd)));
     let by_domain = !domains.is_empty()
-        && id.trusted_email(cfg).is_some_and(|e| {
+        && id.email_verified
+        && id.email.as_deref().is_some_and(|e| {
             let d = e.rsplit('@').next().unwrap_or("").to_ascii_lowercase();
             domains.contains(&d)
-        })
-        && text(c, "hd").is_none_or(|hd| domains.iter().any(|x| x.eq_ignore_ascii_case(&hd)));
+        });
     let by_group = id.groups.iter().any(|g| groups.contains(g));
     let by_subject = subjects.contains(&id.subject);
-    if by_domain || by_group || by_subject {
+    if hd_ok && (by_domain || by_group || by_subject) {
         Ok(())
     } else {
         let why = match (&id.email, id.email_verified) {
