@@ -24,6 +24,7 @@ pub mod oidc;
 pub mod pages;
 pub mod rate_limit;
 pub mod redirect;
+pub mod refresh;
 pub mod respond;
 pub mod roles;
 pub mod server;
