@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod fake_headscale;
 mod idp;
+mod login_page;
 mod serve;
 mod sessions;
 mod signin;
