@@ -11,6 +11,7 @@ mod config;
 mod fake_headscale;
 mod identity;
 mod idp;
+mod login_page;
 mod serve;
 mod sessions;
 mod signin;
