@@ -148,9 +148,7 @@ fn form_page(app: &App, error: &str, rd: Option<&str>, status: StatusCode) -> Re
         start_path: START_PATH,
         login_path: LOGIN_PATH,
     });
-    let set = app
-        .cookies
-        .set(csrf::COOKIE_BASE, &csrf_value, LOGIN_PATH, None);
+    let set = app.cookies.set(csrf::COOKIE_BASE, &csrf_value, "/", None);
     respond::with_cookies(respond::page(status, html), &[set])
 }
 

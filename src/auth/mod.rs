@@ -144,9 +144,7 @@ pub async fn login_page(
         start_path: START_PATH,
         login_path: LOGIN_PATH,
     });
-    let set = app
-        .cookies
-        .set(csrf::COOKIE_BASE, &csrf_value, LOGIN_PATH, None);
+    let set = app.cookies.set(csrf::COOKIE_BASE, &csrf_value, "/", None);
     respond::with_cookies(respond::page(StatusCode::OK, html), &[set])
 }
 

@@ -43,8 +43,16 @@ impl Upstream {
             .pool_max_idle_per_host(256)
             .build(http);
         let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
-        let scheme_authority = format!("{}://{}{}", url.scheme(), url.host_str().unwrap_or("127.0.0.1"), port);
-        Upstream { client, scheme_authority }
+        let scheme_authority = format!(
+            "{}://{}{}",
+            url.scheme(),
+            url.host_str().unwrap_or("127.0.0.1"),
+            port
+        );
+        Upstream {
+            client,
+            scheme_authority,
+        }
     }
 
     pub fn origin(&self) -> &str {
@@ -95,9 +103,20 @@ pub fn preserve_host(parts: &mut http::request::Parts) {
 }
 
 /// `X-Forwarded-For`/`-Proto`/`-Host`: appended to a trusted peer's, set fresh otherwise.
-pub fn set_forwarded(parts: &mut http::request::Parts, peer: std::net::IpAddr, tls: bool, trusted_peer: bool) {
+pub fn set_forwarded(
+    parts: &mut http::request::Parts,
+    peer: std::net::IpAddr,
+    tls: bool,
+    trusted_peer: bool,
+) {
     let h = &mut parts.headers;
-    let prior_for = if trusted_peer { h.get("x-forwarded-for").and_then(|v| v.to_str().ok()).map(str::to_string) } else { None };
+    let prior_for = if trusted_peer {
+        h.get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    } else {
+        None
+    };
     let xff = match prior_for {
         Some(p) if !p.is_empty() => format!("{p}, {peer}"),
         _ => peer.to_string(),
@@ -107,7 +126,10 @@ pub fn set_forwarded(parts: &mut http::request::Parts, peer: std::net::IpAddr, t
     }
     let proto_known = trusted_peer && h.contains_key("x-forwarded-proto");
     if !proto_known {
-        h.insert("x-forwarded-proto", HeaderValue::from_static(if tls { "https" } else { "http" }));
+        h.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if tls { "https" } else { "http" }),
+        );
     }
     if !(trusted_peer && h.contains_key("x-forwarded-host"))
         && let Some(host) = h.get(header::HOST).cloned()

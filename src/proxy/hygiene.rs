@@ -84,7 +84,12 @@ pub struct Identity {
 /// Clean a client's request headers for forwarding: `Connection`-listed fields (never `Cookie`/`Host`),
 /// hop-by-hop fields, every identity header spelling, and `X-Forwarded-*`/`X-Original-*`/`Forwarded`
 /// unless the peer is trusted. `keep_upgrade` keeps `Upgrade`/`Connection: upgrade` for an allowed websocket.
-pub fn clean_request(headers: &mut HeaderMap, names: &IdentityNames, trusted_peer: bool, keep_upgrade: bool) {
+pub fn clean_request(
+    headers: &mut HeaderMap,
+    names: &IdentityNames,
+    trusted_peer: bool,
+    keep_upgrade: bool,
+) {
     let listed: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -101,7 +106,9 @@ pub fn clean_request(headers: &mut HeaderMap, names: &IdentityNames, trusted_pee
             headers.remove(n);
         }
     }
-    let upgrade = keep_upgrade.then(|| headers.get(header::UPGRADE).cloned()).flatten();
+    let upgrade = keep_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
     for h in HOP_BY_HOP {
         headers.remove(*h);
     }
@@ -111,7 +118,9 @@ pub fn clean_request(headers: &mut HeaderMap, names: &IdentityNames, trusted_pee
             let s = n.as_str();
             names.is_identity(s)
                 || (!trusted_peer
-                    && (folded(s).starts_with("x-forwarded-") || folded(s).starts_with("x-original-") || s == "forwarded"
+                    && (folded(s).starts_with("x-forwarded-")
+                        || folded(s).starts_with("x-original-")
+                        || s == "forwarded"
                         || folded(s) == "x-real-ip"))
         })
         .cloned()
@@ -128,7 +137,10 @@ pub fn clean_request(headers: &mut HeaderMap, names: &IdentityNames, trusted_pee
 /// Set every identity header (empty when unknown), after `clean_request`.
 pub fn set_identity(headers: &mut HeaderMap, names: &IdentityNames, id: &Identity) {
     let mut set = |name: &str, value: &str| {
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&sanitize(value))) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&sanitize(value)),
+        ) {
             headers.insert(n, v);
         }
     };
@@ -174,7 +186,9 @@ pub fn strip_cookies(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
 /// Clean an upstream response for the browser: hop-by-hop fields, and `Set-Cookie` only for allowlisted
 /// names (never `_hp_auth`, S10).
 pub fn clean_response(headers: &mut HeaderMap, pass_cookies: &[String], keep_upgrade: bool) {
-    let upgrade = keep_upgrade.then(|| headers.get(header::UPGRADE).cloned()).flatten();
+    let upgrade = keep_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
     let listed: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -191,10 +205,19 @@ pub fn clean_response(headers: &mut HeaderMap, pass_cookies: &[String], keep_upg
     for h in HOP_BY_HOP {
         headers.remove(*h);
     }
-    let cookies: Vec<HeaderValue> = headers.get_all(header::SET_COOKIE).iter().cloned().collect();
+    let cookies: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
     headers.remove(header::SET_COOKIE);
     for c in cookies {
-        let name = c.to_str().ok().and_then(|s| s.split('=').next()).map(str::trim).unwrap_or("");
+        let name = c
+            .to_str()
+            .ok()
+            .and_then(|s| s.split('=').next())
+            .map(str::trim)
+            .unwrap_or("");
         if name != "_hp_auth" && pass_cookies.iter().any(|p| p == name) {
             headers.append(header::SET_COOKIE, c);
         }
@@ -207,7 +230,10 @@ pub fn clean_response(headers: &mut HeaderMap, pass_cookies: &[String], keep_upg
 
 /// S10: responses to a signed-in person are private.
 pub fn mark_private(headers: &mut HeaderMap) {
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store, private"));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store, private"),
+    );
     headers.append(header::VARY, HeaderValue::from_static("Cookie"));
 }
 
@@ -218,7 +244,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
@@ -234,7 +263,10 @@ mod tests {
             ("x_headgate_assertion", "forged"),
             ("x-forwarded-for", "1.2.3.4"),
             ("x-original-uri", "/x"),
-            ("connection", "keep-alive, x-keep, remote-user, cookie, host"),
+            (
+                "connection",
+                "keep-alive, x-keep, remote-user, cookie, host",
+            ),
             ("x-keep", "dropped because listed"),
             ("cookie", "a=1"),
             ("host", "hp.example.com"),
@@ -244,7 +276,15 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, vec!["accept", "cookie", "host"], "{h:?}");
-        set_identity(&mut h, &names, &Identity { user: "alice-sub".into(), role: "viewer".into(), ..Default::default() });
+        set_identity(
+            &mut h,
+            &names,
+            &Identity {
+                user: "alice-sub".into(),
+                role: "viewer".into(),
+                ..Default::default()
+            },
+        );
         assert_eq!(h.get("remote-user").unwrap(), "alice-sub");
         assert_eq!(h.get("remote-email").unwrap(), "");
         assert_eq!(h.get(ROLE).unwrap(), "viewer");
@@ -254,7 +294,10 @@ mod tests {
     #[test]
     fn forwarded_headers_kept_from_trusted_peers_only() {
         let names = IdentityNames::default();
-        let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "https")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+        ]);
         clean_request(&mut h, &names, true, false);
         assert!(h.contains_key("x-forwarded-for") && h.contains_key("x-forwarded-proto"));
     }
@@ -269,7 +312,11 @@ mod tests {
             ("keep-alive", "timeout=5"),
         ]);
         clean_response(&mut h, &["color_scheme".to_string()], false);
-        let cookies: Vec<_> = h.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+        let cookies: Vec<_> = h
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
         assert_eq!(cookies, vec!["color_scheme=dark; Path=/"]);
         assert!(!h.contains_key("connection") && !h.contains_key("keep-alive"));
     }
@@ -278,13 +325,23 @@ mod tests {
     fn values_are_escaped_not_dropped() {
         let names = IdentityNames::default();
         let mut h = HeaderMap::new();
-        set_identity(&mut h, &names, &Identity { name: "Zoë\r\nX: y".into(), ..Default::default() });
+        set_identity(
+            &mut h,
+            &names,
+            &Identity {
+                name: "Zoë\r\nX: y".into(),
+                ..Default::default()
+            },
+        );
         assert_eq!(h.get("remote-name").unwrap(), "Zo%C3%AB%0D%0AX: y");
     }
 
     #[test]
     fn cookie_stripping() {
-        let mut h = map(&[("cookie", "_hp_auth=x; headgate_session=s; color_scheme=dark")]);
+        let mut h = map(&[(
+            "cookie",
+            "_hp_auth=x; headgate_session=s; color_scheme=dark",
+        )]);
         strip_cookies(&mut h, |n| n == "_hp_auth" || n.contains("headgate_"));
         assert_eq!(h.get("cookie").unwrap(), "color_scheme=dark");
     }
