@@ -57,6 +57,7 @@ pub struct App {
 /// What the caller must run next to the server (batching, pruning, re-checks).
 pub struct Background {
     touch_rx: mpsc::Receiver<(crate::store::SessionKey, i64)>,
+    refresh_rx: mpsc::Receiver<crate::store::SessionKey>,
 }
 
 /// Everything a request handler needs to know about the connection.
@@ -83,13 +84,17 @@ impl App {
             domain: config.server.cookie_domain.clone(),
         };
         let (touch_tx, touch_rx) = mpsc::channel(4096);
-        let sessions = Sessions::new(
+        let (refresh_tx, refresh_rx) = mpsc::channel(1024);
+        let mut sessions = Sessions::new(
             keys.clone(),
             cookies.clone(),
             store.clone(),
             random.clone(),
             touch_tx,
         );
+        if let Some(o) = &config.oidc {
+            sessions = sessions.with_refresh(refresh_tx, o.refresh_interval as i64);
+        }
         let rp = config
             .oidc
             .as_ref()
@@ -107,7 +112,10 @@ impl App {
             .as_ref()
             .map(|o| o.callback_path.clone())
             .unwrap_or_else(|| "/admin/oidc/callback".into());
-        let flow_path = crate::oidc::flow::common_cookie_path(START_PATH, &callback);
+        // Path=/ so flow cookies can carry the __Host- prefix when secure (S6): no sibling subdomain can
+        // plant one. The name tells flows apart.
+        let _ = callback;
+        let flow_path = "/".to_string();
         let app = App {
             config,
             store,
@@ -123,7 +131,13 @@ impl App {
             start_limiter: RateLimiter::new(30, 600, Duration::from_secs(60)),
             flow_path,
         };
-        (app, Background { touch_rx })
+        (
+            app,
+            Background {
+                touch_rx,
+                refresh_rx,
+            },
+        )
     }
 
     pub fn config(&self) -> &Config {
@@ -145,6 +159,7 @@ impl App {
             bg.touch_rx,
             Duration::from_secs(30),
         ));
+        tokio::spawn(crate::refresh::run(self.clone(), bg.refresh_rx));
         let app = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(300));

@@ -8,7 +8,8 @@ pub fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
-        .header(header::CACHE_CONTROL, "no-store")
+        .header(header::CACHE_CONTROL, "no-store, private")
+        .header(header::VARY, "Cookie")
         .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
         .body(full(body.to_string()))
         .expect("static response parts are valid")
@@ -28,20 +29,88 @@ pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
     r
 }
 
-/// Headplane's client-side (Remix single-fetch) redirect for a `.data` request: 202, `x-remix-response: yes`.
-pub fn single_fetch_redirect(target: &str, reload: bool) -> Response<Body> {
-    let body = format!(
-        r#"[["SingleFetchRedirect",1],{{"_2":3,"_4":5,"_6":7,"_8":9}},"redirect",{},"status",302,"revalidate",true,"reload",{}]"#,
-        serde_json::Value::String(target.to_string()),
-        reload
-    );
+/// A target as Headplane's client router sees it: paths under its `/admin` basename lose the basename;
+/// anything else (another site, e.g. the IdP's logout) stays absolute and makes the client reload.
+pub fn client_route(target: &str) -> (String, bool) {
+    if target == "/admin" || target.starts_with("/admin/") || target.starts_with("/admin?") {
+        let rest = &target["/admin".len()..];
+        let rest = if rest.is_empty() || rest.starts_with('?') {
+            format!("/{rest}")
+        } else {
+            rest.to_string()
+        };
+        (rest, false)
+    } else {
+        (target.to_string(), true)
+    }
+}
+
+/// The turbo-stream values of a redirect (`reload` and `replace` share one `false` when both are false,
+/// as React Router encodes them).
+fn redirect_values(target: &str, first_index: usize) -> (String, String) {
+    let (route, reload) = client_route(target);
+    let t = serde_json::Value::String(route).to_string();
+    let i = first_index;
+    if reload {
+        (
+            format!(
+                r#"{{"_{}":{},"_{}":{},"_{}":{},"_{}":{},"_{}":{}}}"#,
+                i,
+                i + 1,
+                i + 2,
+                i + 3,
+                i + 4,
+                i + 5,
+                i + 6,
+                i + 7,
+                i + 8,
+                i + 9
+            ),
+            format!(
+                r#""redirect",{t},"status",302,"revalidate",true,"reload",true,"replace",false"#
+            ),
+        )
+    } else {
+        (
+            format!(
+                r#"{{"_{}":{},"_{}":{},"_{}":{},"_{}":{},"_{}":{}}}"#,
+                i,
+                i + 1,
+                i + 2,
+                i + 3,
+                i + 4,
+                i + 5,
+                i + 6,
+                i + 7,
+                i + 8,
+                i + 7
+            ),
+            format!(r#""redirect",{t},"status",302,"revalidate",true,"reload",false,"replace""#),
+        )
+    }
+}
+
+fn turbo(body: String) -> Response<Body> {
     Response::builder()
         .status(StatusCode::ACCEPTED)
         .header(header::CONTENT_TYPE, "text/x-script")
         .header("x-remix-response", "yes")
-        .header(header::CACHE_CONTROL, "no-store")
+        .header(header::CACHE_CONTROL, "no-store, private")
         .body(full(body))
         .expect("static response parts are valid")
+}
+
+/// Headplane's client-side redirect for a `.data` GET (a loader): 202, `x-remix-response: yes`, the
+/// `SingleFetchRedirect` form.
+pub fn data_redirect_loader(target: &str) -> Response<Body> {
+    let (keys, values) = redirect_values(target, 2);
+    turbo(format!(r#"[["SingleFetchRedirect",1],{keys},{values}]"#))
+}
+
+/// Headplane's client-side redirect for a `.data` POST (an action): the bare object form.
+pub fn data_redirect_action(target: &str) -> Response<Body> {
+    let (keys, values) = redirect_values(target, 1);
+    turbo(format!(r#"[{keys},{values}]"#))
 }
 
 /// An HTML page with every security header (S18).
@@ -75,4 +144,31 @@ pub fn with_cookies(mut r: Response<Body>, cookies: &[String]) -> Response<Body>
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body(r: Response<Body>) -> String {
+        String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn data_redirects_match_headplanes_wire_format() {
+        // Observed: b2 (action) and a4 (loader) in shared/headplane/observed/main.
+        assert_eq!(
+            body(data_redirect_action("/admin/machines")).await,
+            r#"[{"_1":2,"_3":4,"_5":6,"_7":8,"_9":8},"redirect","/machines","status",302,"revalidate",true,"reload",false,"replace"]"#
+        );
+        assert_eq!(
+            body(data_redirect_loader("/admin/login")).await,
+            r#"[["SingleFetchRedirect",1],{"_2":3,"_4":5,"_6":7,"_8":9,"_10":9},"redirect","/login","status",302,"revalidate",true,"reload",false,"replace"]"#
+        );
+        assert_eq!(client_route("/administrator").0, "/administrator");
+        assert_eq!(client_route("/admin").0, "/");
+        assert_eq!(client_route("/admin/login?s=logout").0, "/login?s=logout");
+        assert!(client_route("https://idp.example.com/logout").1);
+    }
 }

@@ -58,6 +58,8 @@ pub struct Sessions {
     store: Store,
     random: Arc<dyn Random>,
     touch: mpsc::Sender<(SessionKey, i64)>,
+    /// Sessions due for a refresh at the IdP, handled off the request path.
+    refresh: Option<(mpsc::Sender<SessionKey>, i64)>,
 }
 
 impl Sessions {
@@ -75,7 +77,14 @@ impl Sessions {
             store,
             random,
             touch,
+            refresh: None,
         }
+    }
+
+    /// Ask for sessions with a refresh token to be refreshed once they are `interval` seconds old.
+    pub fn with_refresh(mut self, tx: mpsc::Sender<SessionKey>, interval: i64) -> Self {
+        self.refresh = Some((tx, interval));
+        self
     }
 
     pub fn cookie_name(&self) -> String {
@@ -146,6 +155,12 @@ impl Sessions {
             },
             SessionSubject::ApiKey { .. } => None,
         };
+        if let Some((tx, interval)) = &self.refresh
+            && record.refresh_token_enc.is_some()
+            && now - record.refreshed >= *interval
+        {
+            let _ = tx.try_send(key);
+        }
         if now - record.last_seen >= TOUCH_EVERY_SECS {
             // Best effort and never blocking: a full queue just skips this update.
             let _ = self.touch.try_send((key, now));

@@ -148,9 +148,7 @@ fn form_page(app: &App, error: &str, rd: Option<&str>, status: StatusCode) -> Re
         start_path: START_PATH,
         login_path: LOGIN_PATH,
     });
-    let set = app
-        .cookies
-        .set(csrf::COOKIE_BASE, &csrf_value, LOGIN_PATH, None);
+    let set = app.cookies.set(csrf::COOKIE_BASE, &csrf_value, "/", None);
     respond::with_cookies(respond::page(status, html), &[set])
 }
 
@@ -174,8 +172,13 @@ pub async fn login(app: &App, req: Request<hyper::body::Incoming>, conn: Conn) -
             None,
         );
     }
+    let client = crate::client_ip::client_ip(
+        conn.peer.ip(),
+        req.headers(),
+        &app.config.server.trusted_proxies,
+    );
     let cidrs = &app.config.server.api_key_login_cidrs;
-    if !cidrs.is_empty() && !cidrs.iter().any(|c| c.contains(conn.peer.ip())) {
+    if !cidrs.is_empty() && !cidrs.iter().any(|c| c.contains(client)) {
         return respond::error_page(
             StatusCode::FORBIDDEN,
             "API-key sign-in is not allowed from here",
@@ -208,12 +211,10 @@ pub async fn login(app: &App, req: Request<hyper::body::Incoming>, conn: Conn) -
             None,
         );
     }
-    let csrf_cookie = crate::cookies::values(
-        req.headers(),
-        &app.cookies.name(csrf::COOKIE_BASE, LOGIN_PATH),
-    )
-    .first()
-    .map(|s| s.to_string());
+    let csrf_cookie =
+        crate::cookies::values(req.headers(), &app.cookies.name(csrf::COOKIE_BASE, "/"))
+            .first()
+            .map(|s| s.to_string());
     let body = match Limited::new(req.into_body(), MAX_FORM_BYTES)
         .collect()
         .await
@@ -248,7 +249,7 @@ pub async fn login(app: &App, req: Request<hyper::body::Incoming>, conn: Conn) -
         }
     }
     let now = app.now();
-    let limit_key = format!("api_key_login:{}", conn.peer.ip());
+    let limit_key = format!("api_key_login:{}", limit_bucket(client));
     match app
         .store
         .failures(&limit_key, now, FAILURE_WINDOW_SECS)
@@ -310,7 +311,7 @@ pub async fn login(app: &App, req: Request<hyper::body::Incoming>, conn: Conn) -
     tracing::info!(key_prefix = %prefix, "signed in with an API key");
     let target = rd.unwrap_or_else(|| "/admin/".to_string());
     let r = if data {
-        respond::single_fetch_redirect(target.trim_start_matches("/admin"), false)
+        respond::data_redirect_action(&target)
     } else {
         respond::redirect(StatusCode::SEE_OTHER, &target)
     };
@@ -356,5 +357,20 @@ pub async fn recheck_sessions(app: &App) {
                 Err(e) => tracing::warn!(error = %e, "API-key re-check: cannot end a session"),
             }
         }
+    }
+}
+
+/// IPv6 clients are bucketed by /64 (one subscriber), so rotating addresses does not escape the limit.
+fn limit_bucket(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(|v4| v4.to_string())
+            .unwrap_or_default(),
+        v4 => v4.to_string(),
     }
 }

@@ -144,9 +144,7 @@ pub async fn login_page(
         start_path: START_PATH,
         login_path: LOGIN_PATH,
     });
-    let set = app
-        .cookies
-        .set(csrf::COOKIE_BASE, &csrf_value, LOGIN_PATH, None);
+    let set = app.cookies.set(csrf::COOKIE_BASE, &csrf_value, "/", None);
     respond::with_cookies(respond::page(StatusCode::OK, html), &[set])
 }
 
@@ -172,7 +170,12 @@ pub async fn oidc_start(
             Some("An operator can add oidc.issuer, oidc.client_id and oidc.client_secret."),
         );
     };
-    if !app.start_limiter.allow(conn.peer.ip()) {
+    let client = crate::client_ip::client_ip(
+        conn.peer.ip(),
+        req.headers(),
+        &app.config.server.trusted_proxies,
+    );
+    if !app.start_limiter.allow(client) {
         tracing::warn!(peer = %conn.peer, "too many sign-in starts (limit: 30 a minute per client, 600 in all)");
         return respond::error_page(
             StatusCode::TOO_MANY_REQUESTS,
@@ -304,7 +307,7 @@ pub async fn oidc_callback(app: &App, req: &Request<hyper::body::Incoming>) -> R
         return fail(SignInError::NoIdToken);
     };
     let mut claims = match rp
-        .verify_id_token(&endpoints, id_token, &flow.nonce, now)
+        .verify_id_token(&endpoints, id_token, Some(&flow.nonce), now)
         .await
     {
         Ok(c) => c,
@@ -493,7 +496,7 @@ pub async fn logout(app: &App, req: &Request<hyper::body::Incoming>) -> Response
     }
     let clear = [app.sessions.clear_cookie()];
     let r = if data {
-        respond::single_fetch_redirect(&target, true)
+        respond::data_redirect_action(&target)
     } else {
         respond::redirect(StatusCode::SEE_OTHER, &target)
     };

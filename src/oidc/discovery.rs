@@ -114,6 +114,12 @@ pub fn resolve(
     let url = oidc.discovery_url();
     let empty = ProviderMetadata::default();
     let m = meta.unwrap_or(&empty);
+    if meta.is_some() && m.issuer.is_none() {
+        return Err(DiscoveryError::Missing {
+            url: url.clone(),
+            field: "issuer",
+        });
+    }
     if let Some(found) = &m.issuer
         && found != &oidc.issuer
     {

@@ -35,8 +35,20 @@ pub fn merge_userinfo(
             );
         }
     }
+    // email and email_verified travel as a pair from one source, so a verification flag can never be
+    // borrowed for another address.
+    let id_email = id_claims.get("email").cloned();
     for (k, v) in userinfo {
+        if k == "email_verified" {
+            let same_address = id_email.is_none() || id_email.as_ref() == id_claims.get("email");
+            if !same_address {
+                continue;
+            }
+        }
         id_claims.entry(k).or_insert(v);
+    }
+    if id_email.is_some() && !id_claims.contains_key("email_verified") {
+        id_claims.insert("email_verified".into(), serde_json::Value::Bool(false));
     }
     Ok(())
 }
@@ -70,10 +82,20 @@ pub fn well_formed_email(s: &str) -> bool {
 }
 
 pub fn identity(cfg: &OidcConfig, c: &Map<String, Value>) -> Result<Identity, SignInError> {
+    // The subject is taken verbatim (no trimming or conversion, so distinct subjects never collide); an
+    // oversized one is refused rather than cut.
     let subject = std::iter::once("sub")
         .chain(cfg.subject_claims.iter().map(String::as_str))
-        .find_map(|k| text(c, k))
+        .find_map(|k| {
+            c.get(k)
+                .and_then(serde_json::Value::as_str)
+                .filter(|s| !s.is_empty())
+        })
         .ok_or(SignInError::NoSubject)?;
+    if subject.len() > 255 || subject.chars().any(char::is_control) {
+        return Err(SignInError::NoSubject);
+    }
+    let subject = subject.to_string();
     let email = text(c, "email").filter(|e| well_formed_email(e));
     let email_verified = match c.get("email_verified") {
         Some(Value::Bool(b)) => *b,
@@ -137,15 +159,19 @@ pub fn check_allowed(
     if domains.is_empty() && groups.is_empty() && subjects.is_empty() {
         return Ok(());
     }
+    // S1: the domain allowlist counts a verified email only (trust_unverified_email is for linking, not
+    // admission); a Google `hd` claim that is present must be an allowed domain whatever admits the person.
+    let hd_ok = domains.is_empty()
+        || text(c, "hd").is_none_or(|hd| domains.iter().any(|x| x.eq_ignore_ascii_case(&hd)));
     let by_domain = !domains.is_empty()
-        && id.trusted_email(cfg).is_some_and(|e| {
+        && id.email_verified
+        && id.email.as_deref().is_some_and(|e| {
             let d = e.rsplit('@').next().unwrap_or("").to_ascii_lowercase();
             domains.contains(&d)
-        })
-        && text(c, "hd").is_none_or(|hd| domains.iter().any(|x| x.eq_ignore_ascii_case(&hd)));
+        });
     let by_group = id.groups.iter().any(|g| groups.contains(g));
     let by_subject = subjects.contains(&id.subject);
-    if by_domain || by_group || by_subject {
+    if hd_ok && (by_domain || by_group || by_subject) {
         Ok(())
     } else {
         let why = match (&id.email, id.email_verified) {

@@ -28,6 +28,8 @@ const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
 const DISCOVERY_RETRY: Duration = Duration::from_secs(2);
 /// Unknown `kid`s refetch the JWKS at most this often, so forged tokens cannot hammer the IdP.
 const JWKS_REFETCH_MIN: Duration = Duration::from_secs(5);
+/// Keys are refetched after this long, so a key the IdP withdrew stops verifying without a restart.
+const JWKS_TTL: Duration = Duration::from_secs(3600);
 
 /// Why a sign-in failed. `code()` is the `?s=` value the login page shows; `Display` is the operator log
 /// line (it names the config key to change and never holds a secret or token).
@@ -249,7 +251,8 @@ impl RelyingParty {
         let first = configured
             .or(remembered)
             .unwrap_or(TokenAuthMethod::ClientSecretPost);
-        match self.token_request(e, code, verifier, first).await {
+        let grant = [("grant_type", "authorization_code"), ("code", code)];
+        match self.token_request(e, &grant, verifier, first).await {
             Err(SignInError::TokenEndpoint { error, .. })
                 if error == "invalid_client"
                     && configured.is_none()
@@ -259,7 +262,7 @@ impl RelyingParty {
                     "the IdP refused client_secret_post; retrying once with client_secret_basic"
                 );
                 let r = self
-                    .token_request(e, code, verifier, TokenAuthMethod::ClientSecretBasic)
+                    .token_request(e, &grant, verifier, TokenAuthMethod::ClientSecretBasic)
                     .await;
                 if r.is_ok() {
                     self.state.lock().unwrap().auth_method =
@@ -277,19 +280,45 @@ impl RelyingParty {
         }
     }
 
+    /// Use a refresh token (the method that worked for the code exchange, or the configured one).
+    pub async fn refresh(
+        &self,
+        e: &Endpoints,
+        refresh_token: &str,
+    ) -> Result<TokenResponse, SignInError> {
+        let method = self
+            .cfg
+            .token_endpoint_auth_method
+            .or(self.state.lock().unwrap().auth_method)
+            .unwrap_or(TokenAuthMethod::ClientSecretPost);
+        self.token_request(
+            e,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+            ],
+            None,
+            method,
+        )
+        .await
+    }
+
     async fn token_request(
         &self,
         e: &Endpoints,
-        code: &str,
+        grant: &[(&str, &str)],
         verifier: Option<&str>,
         method: TokenAuthMethod,
     ) -> Result<TokenResponse, SignInError> {
         // Built in a block: the serializer is not Send and must not live across the await below.
         let (body, basic) = {
             let mut form = url::form_urlencoded::Serializer::new(String::new());
-            form.append_pair("grant_type", "authorization_code")
-                .append_pair("code", code)
-                .append_pair("redirect_uri", &self.redirect_uri);
+            for (k, v) in grant {
+                form.append_pair(k, v);
+            }
+            if grant.iter().any(|(k, _)| *k == "code") {
+                form.append_pair("redirect_uri", &self.redirect_uri);
+            }
             if let Some(v) = verifier {
                 form.append_pair("code_verifier", v);
             }
@@ -357,6 +386,7 @@ impl RelyingParty {
         {
             let st = self.state.lock().unwrap();
             if let Some(j) = &st.jwks
+                && j.fetched.elapsed() < JWKS_TTL
                 && (!force || j.fetched.elapsed() < JWKS_REFETCH_MIN)
             {
                 return Ok(j.clone());
@@ -396,7 +426,7 @@ impl RelyingParty {
         &self,
         e: &Endpoints,
         token: &str,
-        nonce: &str,
+        nonce: Option<&str>,
         now: i64,
     ) -> Result<Map<String, Value>, SignInError> {
         let bad = |m: &str| SignInError::InvalidIdToken(m.to_string());
@@ -480,10 +510,13 @@ impl RelyingParty {
         {
             return Err(bad("it is not valid yet (nbf)"));
         }
-        match c.get("nonce").and_then(Value::as_str) {
-            Some(n) if crypto::ct_eq(n.as_bytes(), nonce.as_bytes()) => {}
-            Some(_) => return Err(bad("its nonce is not the one this sign-in sent")),
-            None => return Err(bad("it has no nonce")),
+        // A refreshed ID token carries no fresh nonce (`nonce` None); a sign-in's must match exactly.
+        if let Some(nonce) = nonce {
+            match c.get("nonce").and_then(Value::as_str) {
+                Some(n) if crypto::ct_eq(n.as_bytes(), nonce.as_bytes()) => {}
+                Some(_) => return Err(bad("its nonce is not the one this sign-in sent")),
+                None => return Err(bad("it has no nonce")),
+            }
         }
         Ok(c)
     }
@@ -630,7 +663,11 @@ fn decoding_key(jwk: &Value) -> Result<DecodingKey, String> {
             let n = s("n")?;
             let bytes =
                 crypto::unb64(n.trim_end_matches('=')).ok_or("the IdP's RSA key is malformed")?;
-            let bits = bytes.iter().skip_while(|b| **b == 0).count() * 8;
+            let significant: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
+            let bits = match significant.first() {
+                Some(first) => (significant.len() - 1) * 8 + (8 - first.leading_zeros() as usize),
+                None => 0,
+            };
             if bits < 2048 {
                 return Err(format!(
                     "the IdP's RSA key has {bits} bits; at least 2048 are required"

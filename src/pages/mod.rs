@@ -30,7 +30,9 @@ pub const STYLESHEET_CONTENT_TYPE: &str = "text/css; charset=utf-8";
 const SECURITY_HEADERS: [(&str, &str); 5] = [
     ("content-security-policy", CSP),
     ("x-content-type-options", "nosniff"),
-    ("referrer-policy", "no-referrer"),
+    // `no-referrer` would make browsers send `Origin: null` on our own form posts (Fetch standard), which
+    // the same-origin check (S8) must refuse; `same-origin` keeps the origin and leaks nothing cross-site.
+    ("referrer-policy", "same-origin"),
     ("x-frame-options", "DENY"),
     ("cache-control", "no-store"),
 ];
@@ -513,7 +515,7 @@ mod tests {
             Some("default-src 'self'; img-src 'self' https:; frame-ancestors 'none'")
         );
         assert_eq!(get("x-content-type-options"), Some("nosniff"));
-        assert_eq!(get("referrer-policy"), Some("no-referrer"));
+        assert_eq!(get("referrer-policy"), Some("same-origin"));
         assert_eq!(get("x-frame-options"), Some("DENY"));
         assert_eq!(get("cache-control"), Some("no-store"));
         for (k, v) in h {

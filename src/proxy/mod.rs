@@ -1,0 +1,4 @@
+//! Forwarding to the upstream: header hygiene, identity headers, streaming, upgrades, the API-key bridge.
+
+pub mod forward;
+pub mod hygiene;
