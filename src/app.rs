@@ -232,12 +232,14 @@ impl App {
             (&Method::GET | &Method::HEAD, crate::pages::STYLESHEET_PATH) => {
                 (stylesheet(), "static")
             }
-            (&Method::GET | &Method::HEAD, "/_headgate/users") => {
-                (crate::admin::users_page::get(self, &req).await, "users_page")
-            }
-            (&Method::POST, "/_headgate/users") => {
-                (crate::admin::users_page::post(self, req).await, "users_action")
-            }
+            (&Method::GET | &Method::HEAD, "/_headgate/users") => (
+                crate::admin::users_page::get(self, &req).await,
+                "users_page",
+            ),
+            (&Method::POST, "/_headgate/users") => (
+                crate::admin::users_page::post(self, req).await,
+                "users_action",
+            ),
             (&Method::GET | &Method::HEAD, "/_headgate/whoami") => {
                 (auth::whoami(self, &req).await, "whoami")
             }

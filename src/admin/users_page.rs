@@ -176,7 +176,8 @@ pub async fn get(app: &App, req: &Request<Incoming>) -> Response<Body> {
                 }
                 Err(e) => {
                     tracing::warn!("users page: could not list Headscale users: {e}");
-                    reason = "Headscale did not answer, so linking is unavailable right now.".into();
+                    reason =
+                        "Headscale did not answer, so linking is unavailable right now.".into();
                 }
             },
         }
@@ -307,7 +308,10 @@ pub async fn post(app: &App, req: Request<Incoming>) -> Response<Body> {
             "The form must be sent as a plain HTML form (`application/x-www-form-urlencoded`).",
         );
     }
-    let body = match Limited::new(req.into_body(), MAX_FORM_BYTES).collect().await {
+    let body = match Limited::new(req.into_body(), MAX_FORM_BYTES)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(_) => {
             return page_error(
@@ -327,7 +331,9 @@ pub async fn post(app: &App, req: Request<Incoming>) -> Response<Body> {
         .is_some_and(|t| csrf::verify_session_token(&app.keys, s.key(), t));
     if !token_ok {
         tracing::warn!("refused a users-page post without a valid form token");
-        return csrf_refused("The form's security token is missing or does not match your session.");
+        return csrf_refused(
+            "The form's security token is missing or does not match your session.",
+        );
     }
     let Some(action) = form.get("action").filter(|a| ACTIONS.contains(a)) else {
         return bad_request("The form has no known `action`.");
@@ -352,9 +358,16 @@ pub async fn post(app: &App, req: Request<Incoming>) -> Response<Body> {
             let Some(role) = form.get("role").and_then(Role::from_name) else {
                 return bad_request("The form has no valid `role`.");
             };
-            ops::set_role(store, &actor, target, role, idp_owns_roles(app).is_some(), now)
-                .await
-                .map(|_| "role_changed")
+            ops::set_role(
+                store,
+                &actor,
+                target,
+                role,
+                idp_owns_roles(app).is_some(),
+                now,
+            )
+            .await
+            .map(|_| "role_changed")
         }
         "approve_link" => ops::approve_link(store, &actor, target, now)
             .await
