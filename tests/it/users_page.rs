@@ -599,3 +599,126 @@ async fn api_key_sessions_administer_but_never_transfer() {
     );
     assert!(!p.text().contains(&key));
 }
+
+/// The `createdAt` of a Headscale user exactly as the fake answers it (what a link stores).
+async fn hs_created_at(hs: &FakeHeadscale, id: u64) -> String {
+    let body: Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/user", hs.url()))
+        .bearer_auth(hs.admin_key())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"].as_str() == Some(&id.to_string()) || u["id"].as_u64() == Some(id))
+        .and_then(|u| u["createdAt"].as_str())
+        .unwrap_or_else(|| panic!("no user {id} in {body}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn pending_links_are_approved_or_refused() {
+    use headgate::store::{Link, LinkOutcome, LinkState, NewUser, OwnerBootstrap, Role, Store};
+    use std::os::unix::fs::DirBuilderExt;
+
+    let site = Site::new();
+    let rogue = RogueIdp::start();
+    let hs = FakeHeadscale::start();
+    let max_hs = hs.add_user("max-hs", "");
+    let pat_hs = hs.add_user("pat-hs", "");
+    let cfg = site
+        .config(Some(&hs))
+        .section(oidc_section(rogue.issuer(), ""));
+    // Before headgate starts: three people, two of them with a pending self-pick (S4), as onboarding
+    // leaves them.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(cfg.data_path())
+        .unwrap();
+    {
+        let store = Store::open_redb(&cfg.data_path().join("headgate.redb"), 1 << 20).unwrap();
+        let new = |sub: &str| NewUser {
+            subject: sub.into(),
+            email: Some(format!("{sub}@example.com")),
+            email_verified: true,
+            name: Some(sub.into()),
+            picture: None,
+            role: Role::Member,
+            onboarded: false,
+            created: 1,
+        };
+        store
+            .create_user(new("owner"), OwnerBootstrap::FirstUser)
+            .await
+            .unwrap();
+        for (sub, hs_id, name) in [("max", max_hs, "max-hs"), ("pat", pat_hs, "pat-hs")] {
+            let u = store
+                .create_user(new(sub), OwnerBootstrap::Never)
+                .await
+                .unwrap();
+            let out = store
+                .link_if_unclaimed(Link {
+                    headscale_user_id: hs_id.to_string(),
+                    user_id: u.id,
+                    headscale_created_at: hs_created_at(&hs, hs_id).await,
+                    provider_id: String::new(),
+                    state: LinkState::Pending,
+                    created: 1,
+                    headscale_name: name.into(),
+                })
+                .await
+                .unwrap();
+            assert_eq!(out, LinkOutcome::Linked);
+        }
+    }
+    let hg = cfg.start();
+    let e = Env {
+        site,
+        rogue,
+        hs,
+        hg,
+    };
+    let owner = e.person("owner", "owner", "owner@example.com").await;
+    let max = e.person("max", "max", "max@example.com").await;
+    let pat = e.person("pat", "pat", "pat@example.com").await;
+    assert_eq!(e.role(&owner).await, "owner");
+    for b in [&max, &pat] {
+        assert_eq!(e.whoami(b).await.1["link"], "pending");
+    }
+
+    let p = e.page(&owner).await;
+    assert!(p.visible_text().contains("pending"));
+    assert!(form(&p, "approve_link", Some("1")).is_none());
+    let f = form(&p, "approve_link", Some("2")).expect("approve form for max");
+    let r = owner.submit(&p, &f, None).await;
+    assert_eq!(done_code(&r).as_deref(), Some("link_approved"));
+    let me = e.whoami(&max).await.1;
+    assert_eq!(me["link"], "linked");
+    assert_eq!(me["headscale_user_id"], max_hs.to_string());
+
+    let p = e.page(&owner).await;
+    assert!(form(&p, "approve_link", Some("2")).is_none());
+    assert!(form(&p, "unlink", Some("2")).is_some());
+    let f = form(&p, "refuse_link", Some("3")).expect("refuse form for pat");
+    let r = owner.submit(&p, &f, None).await;
+    assert_eq!(done_code(&r).as_deref(), Some("link_refused"));
+    assert_eq!(e.whoami(&pat).await.1["link"], "none");
+    // Pat's Headscale user is unclaimed again: offered by the picker.
+    let p = e.page(&owner).await;
+    assert!(
+        p.text().contains(&format!(
+            "<option value=\"{pat_hs}\">pat-hs #{pat_hs}</option>"
+        )),
+        "{}",
+        p.text()
+    );
+    let html = p.text();
+    let approve = html.find("<code>approve_link</code>").expect("audited");
+    let refuse = html.find("<code>unlink</code>").expect("audited");
+    assert!(refuse < approve, "newest first");
+}
