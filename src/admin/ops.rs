@@ -136,6 +136,17 @@ async fn load(store: &Store, id: UserId) -> Result<User, OpError> {
         .ok_or_else(|| OpError::NotFound(format!("no user with id {}", id.0)))
 }
 
+/// Only the owner (or the local operator) acts on the owner's link and sessions.
+async fn protect_owner(store: &Store, actor: &Actor, target: UserId, what: &str) -> Result<(), OpError> {
+    if actor.is_owner() {
+        return Ok(());
+    }
+    match store.user(target).await? {
+        Some(u) if u.role == Role::Owner => Err(OpError::Forbidden(format!("only the owner can {what}"))),
+        _ => Ok(()),
+    }
+}
+
 /// Change a role. `owner` is never assigned this way, the owner is never demoted, and roles owned by the
 /// IdP (`oidc.role_claim`) are read-only.
 pub async fn set_role(
@@ -162,6 +173,23 @@ pub async fn set_role(
         return Err(OpError::Refused(
             "roles come from the identity provider (oidc.role_claim): change them there".into(),
         ));
+    }
+    // Nobody grants more than they hold, and nobody changes their own role (an IT admin has write_users
+    // but must not make anyone, themselves included, an admin).
+    if let Actor::Person { id, .. } = actor {
+        if *id == target {
+            return Err(OpError::Forbidden("you cannot change your own role".into()));
+        }
+        // generate_authkeys (any user's keys) includes generate_own_authkeys.
+        let widen = |c: Caps| if c.has(Caps::GENERATE_AUTHKEYS) { c.union(Caps::GENERATE_OWN_AUTHKEYS) } else { c };
+        let (mine, theirs_now, theirs_new) = (widen(actor.caps()), caps(u.role), caps(role));
+        if !mine.has(theirs_new) || !mine.has(theirs_now) {
+            return Err(OpError::Forbidden(format!(
+                "you can only give or change roles whose rights you hold yourself ({} needs {})",
+                role.as_str(),
+                mine.missing(theirs_new.union(theirs_now))
+            )));
+        }
     }
     let from = u.role;
     u.role = role;
@@ -243,6 +271,7 @@ pub async fn approve_link(
 /// Remove a user's link (a refused pending pick, or an unlink).
 pub async fn unlink(store: &Store, actor: &Actor, target: UserId, now: i64) -> Result<(), OpError> {
     need(actor, Caps::WRITE_USERS)?;
+    protect_owner(store, actor, target, "unlink the owner").await?;
     let removed = store
         .remove_link(target)
         .await?
@@ -318,4 +347,44 @@ pub async fn revoke_sessions(
     )
     .await?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewUser, OwnerBootstrap};
+
+    async fn person(store: &Store, sub: &str, role: Role, bootstrap: OwnerBootstrap) -> User {
+        let new = NewUser {
+            subject: sub.into(),
+            email: Some(format!("{sub}@example.com")),
+            email_verified: true,
+            name: None,
+            picture: None,
+            role,
+            onboarded: true,
+            created: 1,
+        };
+        store.create_user(new, bootstrap).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn nobody_grants_more_than_they_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_redb(&dir.path().join("s.redb"), 1 << 20).unwrap();
+        let owner = person(&store, "owner", Role::Member, OwnerBootstrap::FirstUser).await;
+        let it = person(&store, "it", Role::ItAdmin, OwnerBootstrap::Never).await;
+        let m = person(&store, "m", Role::Member, OwnerBootstrap::Never).await;
+        let as_it = Actor::Person { id: it.id, role: Role::ItAdmin, label: "it".into() };
+        // An IT admin may make someone a viewer (rights it holds) but not an admin, nor change itself.
+        assert!(set_role(&store, &as_it, m.id, Role::Viewer, false, 2).await.is_ok());
+        assert!(matches!(set_role(&store, &as_it, m.id, Role::Admin, false, 2).await, Err(OpError::Forbidden(_))));
+        assert!(matches!(set_role(&store, &as_it, it.id, Role::Admin, false, 2).await, Err(OpError::Forbidden(_))));
+        // Nor touch the owner's sessions or link.
+        assert!(matches!(revoke_sessions(&store, &as_it, owner.id, 2).await, Err(OpError::Forbidden(_))));
+        // The owner can do all of it (but never assign owner).
+        let as_owner = Actor::Person { id: owner.id, role: Role::Owner, label: "o".into() };
+        assert!(set_role(&store, &as_owner, m.id, Role::Admin, false, 3).await.is_ok());
+        assert!(matches!(set_role(&store, &as_owner, m.id, Role::Owner, false, 3).await, Err(OpError::Refused(_))));
+    }
 }
