@@ -20,6 +20,7 @@ pub mod http_client;
 pub mod linking;
 pub mod logging;
 pub mod oidc;
+pub mod onboarding;
 pub mod pages;
 pub mod rate_limit;
 pub mod redirect;

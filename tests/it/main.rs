@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod fake_headscale;
 mod idp;
+mod onboarding;
 mod serve;
 mod sessions;
 mod signin;
