@@ -262,6 +262,23 @@ impl App {
                 respond::redirect(StatusCode::FOUND, "/admin/"),
                 "logout_get",
             ),
+            (&Method::GET | &Method::HEAD, crate::onboarding::ONBOARDING_PATH) => {
+                (crate::onboarding::page(self, &req).await, "onboarding")
+            }
+            (&Method::POST, crate::onboarding::ONBOARDING_PATH) => {
+                (crate::onboarding::post(self, req).await, "onboarding_post")
+            }
+            (&Method::GET | &Method::HEAD, crate::onboarding::STATUS_PATH) => (
+                crate::onboarding::status(self, &req).await,
+                "onboarding_status",
+            ),
+            (&Method::GET | &Method::HEAD, crate::onboarding::KEYS_PATH) => {
+                (crate::onboarding::keys_page(self, &req).await, "own_keys")
+            }
+            (&Method::POST, crate::onboarding::KEYS_PATH) => (
+                crate::onboarding::keys_post(self, req).await,
+                "own_keys_post",
+            ),
             (&Method::GET | &Method::HEAD, "/" | "/admin") => {
                 (respond::redirect(StatusCode::FOUND, "/admin/"), "root")
             }

@@ -21,6 +21,7 @@ pub mod http_client;
 pub mod linking;
 pub mod logging;
 pub mod oidc;
+pub mod onboarding;
 pub mod pages;
 pub mod proxy;
 pub mod rate_limit;

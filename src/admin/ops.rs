@@ -336,6 +336,7 @@ pub async fn revoke_sessions(
     now: i64,
 ) -> Result<u64, OpError> {
     need(actor, Caps::WRITE_USERS)?;
+    protect_owner(store, actor, target, "end the owner's sessions").await?;
     let n = store.delete_sessions_of_user(target).await?;
     audit(
         store,

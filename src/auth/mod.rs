@@ -373,10 +373,17 @@ pub async fn oidc_callback(app: &App, req: &Request<hyper::body::Incoming>) -> R
     };
     tracing::info!(subject = %crate::logging::escape(&who.subject), user = user.id.0, role = user.role.as_str(), "signed in with SSO");
     clear.push(set);
-    respond::with_cookies(
-        respond::redirect(StatusCode::FOUND, &flow.return_to),
-        &clear,
-    )
+    // First sign-in (until onboarding is finished or skipped): onboarding first, then the return target.
+    let to = if !user.onboarded && app.headscale.is_some() {
+        format!(
+            "{}?rd={}",
+            crate::onboarding::ONBOARDING_PATH,
+            enc(&flow.return_to)
+        )
+    } else {
+        flow.return_to.clone()
+    };
+    respond::with_cookies(respond::redirect(StatusCode::FOUND, &to), &clear)
 }
 
 async fn upsert_user(

@@ -7,8 +7,10 @@
 
 pub mod error;
 mod html;
+pub mod keys;
 pub mod login;
 pub mod users;
+pub mod onboarding;
 
 pub use error::render_error;
 pub use html::{Html, el, escape, prose, void};
@@ -390,6 +392,80 @@ button.small:disabled, select:disabled { opacity: 0.55; cursor: not-allowed; }
 button.small:focus-visible, select:focus-visible { outline: 3px solid var(--ring); outline-offset: 2px; }
 .panel { margin: 0 0 24px; }
 .pager { font-size: 0.9rem; }
+/* Onboarding and own keys */
+.card.wide { max-width: 600px; }
+h2.spaced { margin-top: 24px; }
+pre {
+  margin: 0 0 12px;
+  padding: 10px 12px;
+  border-radius: 8px;
+  background: var(--code-bg);
+  overflow-x: auto;
+  white-space: pre-wrap;
+  overflow-wrap: anywhere;
+}
+pre code { padding: 0; background: none; }
+.new-key pre { background: var(--card); color: var(--text); }
+.choices { list-style: none; margin: 0 0 12px; padding: 0; }
+.choices li {
+  display: flex;
+  align-items: flex-start;
+  gap: 10px;
+  padding: 10px 12px;
+  border: 1px solid var(--border);
+  border-radius: 10px;
+}
+.choices li + li { margin-top: 8px; }
+.choices label { margin: 0; }
+.choice-name { display: block; font-weight: 600; overflow-wrap: anywhere; }
+.choice-meta { display: block; color: var(--muted); font-size: 0.85rem; overflow-wrap: anywhere; }
+.steps {
+  display: flex;
+  gap: 8px;
+  margin: 24px 0 0;
+  padding: 0;
+  list-style: none;
+  color: var(--muted);
+  font-size: 0.8rem;
+}
+.steps li { flex: 1; padding-top: 6px; border-top: 3px solid var(--border); }
+.steps li.current { color: var(--text); border-top-color: var(--accent); font-weight: 600; }
+.skip { margin-top: 12px; text-align: center; }
+.button.link {
+  display: inline;
+  width: auto;
+  min-height: 0;
+  padding: 0;
+  border: 0;
+  background: none;
+  color: var(--muted);
+  font-weight: 500;
+  text-decoration: underline;
+}
+.button.small {
+  width: auto;
+  min-height: 32px;
+  padding: 4px 12px;
+  background: var(--card);
+  color: var(--text);
+  border-color: var(--field-border);
+  font-size: 0.85rem;
+}
+.actions + .actions, .actions form + form { margin-top: 12px; }
+table.keys { width: 100%; margin: 0 0 12px; border-collapse: collapse; font-size: 0.9rem; }
+table.keys th, table.keys td { padding: 8px 6px; border-bottom: 1px solid var(--border); text-align: left; vertical-align: top; }
+table.keys th { color: var(--muted); font-weight: 600; font-size: 0.8rem; }
+.inline { display: flex; gap: 8px; margin-bottom: 12px; }
+input[type="number"], select {
+  min-height: 44px;
+  padding: 10px 12px;
+  border: 1px solid var(--field-border);
+  border-radius: 10px;
+  background: var(--field);
+  color: var(--text);
+  font: inherit;
+}
+input[type="number"] { flex: 1; min-width: 0; }
 "#;
 
 #[cfg(test)]

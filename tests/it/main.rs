@@ -12,6 +12,7 @@ mod fake_headscale;
 mod identity;
 mod idp;
 mod login_page;
+mod onboarding;
 mod serve;
 mod sessions;
 mod signin;

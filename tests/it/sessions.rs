@@ -6,7 +6,9 @@ use crate::harness::browser::Browser;
 use crate::harness::headgate::{HeadgateConfig, TEST_SECRET};
 use crate::harness::idp::{ALICE_LOGIN, ALICE_PASSWORD, TestIdp};
 use crate::harness::rogue::{Forgery, RogueIdp};
-use crate::harness::stack::{Site, enc, landing, login_code, oidc_section, sign_in, stack};
+use crate::harness::stack::{
+    Site, enc, landing, login_code, oidc_section, onboarding_landing, sign_in, stack,
+};
 
 /// headgate in front of the rogue IdP.
 fn rogue_stack() -> (Site, RogueIdp, crate::harness::headgate::Headgate) {
@@ -328,7 +330,7 @@ async fn real_idp_sign_in_then_logout_with_end_session() {
     );
     let b = Browser::new();
     let done = sign_in(&b, &s.site, ALICE_LOGIN, ALICE_PASSWORD, None).await;
-    assert_eq!(landing(&s.site, &done), "/admin/");
+    assert_eq!(landing(&s.site, &done), onboarding_landing("/admin/"));
     let out = b
         .request(
             reqwest::Method::POST,

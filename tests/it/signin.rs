@@ -8,7 +8,7 @@ use crate::harness::browser::Browser;
 use crate::harness::idp::{
     ALICE_EMAIL, ALICE_LOGIN, ALICE_PASSWORD, ALICE_SUB, AuthMethod, ClientSpec, TestIdp, UserSpec,
 };
-use crate::harness::stack::{Stack, landing, login_code, sign_in, stack};
+use crate::harness::stack::{Stack, landing, login_code, onboarding_landing, sign_in, stack};
 
 async fn whoami(b: &Browser, s: &Stack) -> (u16, Value) {
     let p = b.get(s.url("/_headgate/whoami")).await;
@@ -53,7 +53,7 @@ async fn discovery_and_basic_only_client_with_method_unset() {
     .await;
     assert_eq!(
         (done.status(), landing(&s.site, &done)),
-        (302, "/admin/machines".to_string()),
+        (302, onboarding_landing("/admin/machines")),
         "{}",
         s.hg.process.output()
     );
@@ -63,7 +63,7 @@ async fn discovery_and_basic_only_client_with_method_unset() {
     let before = s.idp.events_named("grant.error").len() + s.idp.events_named("server_error").len();
     let b2 = Browser::new();
     let done = sign_in(&b2, &s.site, ALICE_LOGIN, ALICE_PASSWORD, None).await;
-    assert_eq!(landing(&s.site, &done), "/admin/");
+    assert_eq!(landing(&s.site, &done), onboarding_landing("/admin/"));
     let retries =
         s.hg.process
             .output()
@@ -86,7 +86,7 @@ async fn post_only_client_with_method_unset() {
     let done = sign_in(&b, &s.site, ALICE_LOGIN, ALICE_PASSWORD, None).await;
     assert_eq!(
         landing(&s.site, &done),
-        "/admin/",
+        onboarding_landing("/admin/"),
         "{}",
         s.hg.process.output()
     );
@@ -110,7 +110,7 @@ async fn configured_basic_and_post_methods() {
         let done = sign_in(&b, &s.site, ALICE_LOGIN, ALICE_PASSWORD, None).await;
         assert_eq!(
             landing(&s.site, &done),
-            "/admin/",
+            onboarding_landing("/admin/"),
             "{name}: {}",
             s.hg.process.output()
         );
@@ -174,7 +174,7 @@ async fn pkce_required_by_the_idp_and_enabled() {
     let done = b.get(callback.as_str()).await;
     assert_eq!(
         landing(&s.site, &done),
-        "/admin/",
+        onboarding_landing("/admin/"),
         "{}",
         s.hg.process.output()
     );
@@ -209,7 +209,7 @@ async fn claims_only_in_userinfo() {
     let done = sign_in(&b, &s.site, ALICE_LOGIN, ALICE_PASSWORD, None).await;
     assert_eq!(
         landing(&s.site, &done),
-        "/admin/",
+        onboarding_landing("/admin/"),
         "{}",
         s.hg.process.output()
     );
@@ -231,7 +231,7 @@ async fn es256_and_rs256_and_jwks_without_alg() {
         let done = sign_in(&b, &s.site, ALICE_LOGIN, ALICE_PASSWORD, None).await;
         assert_eq!(
             landing(&s.site, &done),
-            "/admin/",
+            onboarding_landing("/admin/"),
             "{alg} strip={strip}: {}",
             s.hg.process.output()
         );
@@ -301,7 +301,7 @@ async fn a_person_outside_the_allowlist_is_refused_without_a_user_record() {
     }
     let b = Browser::new();
     let done = sign_in(&b, &s.site, ALICE_LOGIN, ALICE_PASSWORD, None).await;
-    assert_eq!(landing(&s.site, &done), "/admin/");
+    assert_eq!(landing(&s.site, &done), onboarding_landing("/admin/"));
 }
 
 #[tokio::test]
@@ -328,7 +328,7 @@ async fn a_person_outside_allowed_groups_is_refused() {
     let done = sign_in(&b, &s.site, ALICE_LOGIN, ALICE_PASSWORD, None).await;
     assert_eq!(
         landing(&s.site, &done),
-        "/admin/",
+        onboarding_landing("/admin/"),
         "{}",
         s.hg.process.output()
     );

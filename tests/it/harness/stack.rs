@@ -125,6 +125,11 @@ pub fn landing(site: &Site, p: &Page) -> String {
         .unwrap_or(loc)
 }
 
+/// Where a first sign-in lands (onboarding runs until finished or skipped), handing `rd` on.
+pub fn onboarding_landing(rd: &str) -> String {
+    format!("/_headgate/onboarding?rd={}", enc(rd))
+}
+
 pub fn enc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
