@@ -18,9 +18,11 @@ pub struct Headscale {
     base: Url,
     key: Secret,
     /// A short-lived copy of the user list, so sign-in storms do not hammer Headscale.
-    users_cache:
-        std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<Vec<User>>)>>>,
+    users_cache: UsersCache,
 }
+
+type UsersCache =
+    std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<Vec<User>>)>>>;
 
 /// How long the user list is reused.
 pub const USERS_CACHE_TTL: Duration = Duration::from_secs(10);

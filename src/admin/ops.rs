@@ -8,7 +8,7 @@ use std::fmt;
 use crate::headscale::User as HsUser;
 use crate::roles::{Caps, caps};
 use crate::store::{
-    Link, LinkOutcome, LinkState, NewAuditEvent, Role, Store, StoreError, User, UserId,
+    Link, LinkOutcome, LinkState, NewAuditEvent, Role, SessionKey, Store, StoreError, User, UserId,
 };
 
 /// Who asks for a change.
@@ -84,7 +84,8 @@ fn need(actor: &Actor, c: Caps) -> Result<(), OpError> {
     }
 }
 
-async fn audit(
+/// Append one audit record for `actor` (also used by the admin socket and the CLI for reads and refusals).
+pub async fn audit(
     store: &Store,
     now: i64,
     actor: &Actor,
@@ -318,4 +319,33 @@ pub async fn revoke_sessions(
     )
     .await?;
     Ok(n)
+}
+
+/// End one session, named by its key (the hash of the session id; the raw id is never known here). The
+/// audit record names only a short prefix of the key.
+pub async fn revoke_session(
+    store: &Store,
+    actor: &Actor,
+    key: &SessionKey,
+    now: i64,
+) -> Result<(), OpError> {
+    need(actor, Caps::WRITE_USERS)?;
+    let record = store.session(key).await?;
+    if !store.delete_session(key).await? {
+        return Err(OpError::NotFound("no such session".into()));
+    }
+    let whose = match record.as_ref().map(|r| &r.subject) {
+        Some(crate::store::SessionSubject::User(id)) => format!("user {}", id.0),
+        Some(crate::store::SessionSubject::ApiKey { prefix, .. }) => format!("api key {prefix}"),
+        None => "unknown".into(),
+    };
+    audit(
+        store,
+        now,
+        actor,
+        "revoke_session",
+        format!("session {}", &key.to_hex()[..12]),
+        whose,
+    )
+    .await
 }

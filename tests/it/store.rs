@@ -68,6 +68,7 @@ fn link(hs: &str, user: UserId, state: LinkState) -> Link {
         provider_id: format!("https://idp.example/{hs}"),
         state,
         created: 500,
+        headscale_name: String::new(),
     }
 }
 
