@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::admin::commands::{self, Context, Output, Request};
+use crate::admin::socket::{self, AdminSocket};
 use crate::app::App;
 use crate::check::{self, Status};
 use crate::config::{Config, ConfigErrors};
 use crate::http_client::HttpClient;
 use crate::server::{self, Server};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,6 +38,83 @@ pub enum Command {
     Serve,
     /// Validate the configuration, then probe the IdP, Headscale, the data directory and the store.
     CheckConfig,
+    /// People: list them, change roles and links, transfer ownership (for bootstrap and recovery).
+    ///
+    /// While `headgate serve` runs, commands go through its admin socket (<data_path>/admin/headgate.sock,
+    /// only for headgate's own uid); when it is stopped, the store is opened directly. `<USER>` is an id, an
+    /// email or an IdP subject.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Sessions: list them (never their ids), end them.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+    /// The audit log, newest first.
+    Audit {
+        /// JSON for machines instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How many events.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only events with an id below this one (paging).
+        #[arg(long, value_name = "ID")]
+        before: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UsersCommand {
+    /// Every user with role, link, last sign-in and active sessions.
+    List {
+        /// JSON for machines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a user's role (never to owner: see transfer-ownership; never the owner's).
+    SetRole {
+        #[arg(value_name = "USER")]
+        user: String,
+        /// admin, network_admin, it_admin, auditor, viewer or member.
+        #[arg(value_name = "ROLE")]
+        role: String,
+    },
+    /// Link a user to a Headscale user (by the Headscale user's id).
+    Link {
+        #[arg(value_name = "USER")]
+        user: String,
+        #[arg(value_name = "HEADSCALE_USER_ID")]
+        headscale_user_id: String,
+    },
+    /// Remove a user's link (approved or pending).
+    Unlink {
+        #[arg(value_name = "USER")]
+        user: String,
+    },
+    /// Approve a user's pending self-link.
+    ApproveLink {
+        #[arg(value_name = "USER")]
+        user: String,
+    },
+    /// Make this user the owner; the current owner becomes admin.
+    TransferOwnership {
+        #[arg(value_name = "USER")]
+        user: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionsCommand {
+    /// Active sessions: a short prefix of each session's key hash, user, kind, times.
+    List {
+        /// JSON for machines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End every session of a user, or one session by its key prefix (from `sessions list`).
+    Revoke {
+        #[arg(value_name = "USER|SESSION")]
+        target: String,
+    },
 }
 
 /// A failure that ends the process: the message is for the operator, the code for the supervisor.
@@ -65,7 +144,126 @@ pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Serve => serve(cli.config.as_deref(), &env),
         Command::CheckConfig => check_config(cli.config.as_deref(), &env),
+        Command::Users(c) => {
+            let (req, json) = match c {
+                UsersCommand::List { json } => (Request::UsersList, json),
+                UsersCommand::SetRole { user, role } => {
+                    (Request::UsersSetRole { user, role }, false)
+                }
+                UsersCommand::Link {
+                    user,
+                    headscale_user_id,
+                } => (
+                    Request::UsersLink {
+                        user,
+                        headscale_user_id,
+                    },
+                    false,
+                ),
+                UsersCommand::Unlink { user } => (Request::UsersUnlink { user }, false),
+                UsersCommand::ApproveLink { user } => (Request::UsersApproveLink { user }, false),
+                UsersCommand::TransferOwnership { user } => {
+                    (Request::UsersTransferOwnership { user }, false)
+                }
+            };
+            admin(cli.config.as_deref(), &env, req, json)
+        }
+        Command::Sessions(c) => {
+            let (req, json) = match c {
+                SessionsCommand::List { json } => (Request::SessionsList, json),
+                SessionsCommand::Revoke { target } => (Request::SessionsRevoke { target }, false),
+            };
+            admin(cli.config.as_deref(), &env, req, json)
+        }
+        Command::Audit {
+            json,
+            limit,
+            before,
+        } => admin(
+            cli.config.as_deref(),
+            &env,
+            Request::Audit { limit, before },
+            json,
+        ),
     }
+}
+
+/// Run an operator command: through the running server's admin socket when it answers, else on the store
+/// directly. A refused command is exit code 1 with the reason.
+fn admin(
+    flag: Option<&Path>,
+    env: &HashMap<String, String>,
+    req: Request,
+    json: bool,
+) -> Result<ExitCode, Failure> {
+    let config = load(flag, env)?;
+    let sock = socket::socket_path(&config.server.data_path);
+    let outcome = runtime()?.block_on(async {
+        match socket::call(&sock, &req).await {
+            Ok(answer) => Ok(answer),
+            Err(socket::ClientError::Failed(m)) => Err(Failure::runtime(m)),
+            Err(socket::ClientError::NoServer) => direct(&config, &sock, req).await,
+        }
+    })?;
+    match outcome {
+        Ok(out) => {
+            let text = if json {
+                commands::render_json(&out)
+            } else {
+                commands::render_text(&out)
+            };
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(message) => Err(Failure::runtime(message)),
+    }
+}
+
+/// headgate is stopped (nobody answers on the socket): open the store and run the command here.
+async fn direct(
+    config: &Config,
+    sock: &Path,
+    req: Request,
+) -> Result<Result<Output, String>, Failure> {
+    let path = config.store_path();
+    if !path.exists() {
+        return Err(Failure::runtime(format!(
+            "there is no store at {} (and headgate serve is not running): check server.data_path, or start \
+             `headgate serve` once so people can sign in",
+            path.display()
+        )));
+    }
+    prepare_data_dir(&config.server.data_path)?;
+    refuse_shared_file(&path)?;
+    let open = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            Store::open_redb(&path, crate::store::DEFAULT_CACHE_BYTES)
+        })
+        .await
+        .map_err(|e| Failure::runtime(format!("opening the store failed: {e}")))?
+    };
+    let store = match open {
+        Ok(s) => s,
+        Err(StoreError::Locked { .. }) => {
+            return Err(Failure::runtime(format!(
+                "headgate serve is running but its admin socket at {} does not answer (the store {} is in \
+                 use): restart headgate serve, then try again",
+                sock.display(),
+                path.display()
+            )));
+        }
+        Err(e) => return Err(Failure::runtime(e.to_string())),
+    };
+    let uid = socket::own_uid()
+        .map_err(|e| Failure::runtime(format!("cannot learn this process's uid: {e}")))?;
+    let ctx = Context::new(
+        config,
+        store,
+        HttpClient::new(),
+        Arc::new(crate::clock::SystemClock),
+    );
+    Ok(commands::execute(&ctx, uid, req).await)
 }
 
 fn load(flag: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, Failure> {
@@ -135,6 +333,12 @@ fn serve(flag: Option<&Path>, env: &HashMap<String, String>) -> Result<ExitCode,
         );
         let app = Arc::new(app);
         app.spawn_background(background);
+        // S17: the local admin socket for the CLI (the store is locked while serving).
+        let admin = AdminSocket::bind(&app.config().server.data_path)
+            .map_err(Failure::runtime)?
+            .spawn(Arc::new(Context::from_app(&app)))
+            .map_err(|e| Failure::runtime(format!("cannot serve the admin socket: {e}")))?;
+        tracing::info!("admin socket at {}", admin.path().display());
         let shutdown = server::shutdown_signal()
             .map_err(|e| Failure::runtime(format!("cannot install signal handlers: {e}")))?;
         let server = Server::bind(app.clone())
@@ -147,6 +351,7 @@ fn serve(flag: Option<&Path>, env: &HashMap<String, String>) -> Result<ExitCode,
         };
         tracing::info!("headgate listening on {}{tls}", server.local_addr());
         server.run(shutdown, grace).await;
+        drop(admin);
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })

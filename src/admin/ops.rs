@@ -8,7 +8,7 @@ use std::fmt;
 use crate::headscale::User as HsUser;
 use crate::roles::{Caps, caps};
 use crate::store::{
-    Link, LinkOutcome, LinkState, NewAuditEvent, Role, Store, StoreError, User, UserId,
+    Link, LinkOutcome, LinkState, NewAuditEvent, Role, SessionKey, Store, StoreError, User, UserId,
 };
 
 /// Who asks for a change.
@@ -84,7 +84,8 @@ fn need(actor: &Actor, c: Caps) -> Result<(), OpError> {
     }
 }
 
-async fn audit(
+/// Append one audit record for `actor` (also used by the admin socket and the CLI for reads and refusals).
+pub async fn audit(
     store: &Store,
     now: i64,
     actor: &Actor,
@@ -137,12 +138,19 @@ async fn load(store: &Store, id: UserId) -> Result<User, OpError> {
 }
 
 /// Only the owner (or the local operator) acts on the owner's link and sessions.
-async fn protect_owner(store: &Store, actor: &Actor, target: UserId, what: &str) -> Result<(), OpError> {
+async fn protect_owner(
+    store: &Store,
+    actor: &Actor,
+    target: UserId,
+    what: &str,
+) -> Result<(), OpError> {
     if actor.is_owner() {
         return Ok(());
     }
     match store.user(target).await? {
-        Some(u) if u.role == Role::Owner => Err(OpError::Forbidden(format!("only the owner can {what}"))),
+        Some(u) if u.role == Role::Owner => {
+            Err(OpError::Forbidden(format!("only the owner can {what}")))
+        }
         _ => Ok(()),
     }
 }
@@ -181,7 +189,13 @@ pub async fn set_role(
             return Err(OpError::Forbidden("you cannot change your own role".into()));
         }
         // generate_authkeys (any user's keys) includes generate_own_authkeys.
-        let widen = |c: Caps| if c.has(Caps::GENERATE_AUTHKEYS) { c.union(Caps::GENERATE_OWN_AUTHKEYS) } else { c };
+        let widen = |c: Caps| {
+            if c.has(Caps::GENERATE_AUTHKEYS) {
+                c.union(Caps::GENERATE_OWN_AUTHKEYS)
+            } else {
+                c
+            }
+        };
         let (mine, theirs_now, theirs_new) = (widen(actor.caps()), caps(u.role), caps(role));
         if !mine.has(theirs_new) || !mine.has(theirs_now) {
             return Err(OpError::Forbidden(format!(
@@ -350,6 +364,35 @@ pub async fn revoke_sessions(
     Ok(n)
 }
 
+/// End one session, named by its key (the hash of the session id; the raw id is never known here). The
+/// audit record names only a short prefix of the key.
+pub async fn revoke_session(
+    store: &Store,
+    actor: &Actor,
+    key: &SessionKey,
+    now: i64,
+) -> Result<(), OpError> {
+    need(actor, Caps::WRITE_USERS)?;
+    let record = store.session(key).await?;
+    if !store.delete_session(key).await? {
+        return Err(OpError::NotFound("no such session".into()));
+    }
+    let whose = match record.as_ref().map(|r| &r.subject) {
+        Some(crate::store::SessionSubject::User(id)) => format!("user {}", id.0),
+        Some(crate::store::SessionSubject::ApiKey { prefix, .. }) => format!("api key {prefix}"),
+        None => "unknown".into(),
+    };
+    audit(
+        store,
+        now,
+        actor,
+        "revoke_session",
+        format!("session {}", &key.to_hex()[..12]),
+        whose,
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,16 +419,44 @@ mod tests {
         let owner = person(&store, "owner", Role::Member, OwnerBootstrap::FirstUser).await;
         let it = person(&store, "it", Role::ItAdmin, OwnerBootstrap::Never).await;
         let m = person(&store, "m", Role::Member, OwnerBootstrap::Never).await;
-        let as_it = Actor::Person { id: it.id, role: Role::ItAdmin, label: "it".into() };
+        let as_it = Actor::Person {
+            id: it.id,
+            role: Role::ItAdmin,
+            label: "it".into(),
+        };
         // An IT admin may make someone a viewer (rights it holds) but not an admin, nor change itself.
-        assert!(set_role(&store, &as_it, m.id, Role::Viewer, false, 2).await.is_ok());
-        assert!(matches!(set_role(&store, &as_it, m.id, Role::Admin, false, 2).await, Err(OpError::Forbidden(_))));
-        assert!(matches!(set_role(&store, &as_it, it.id, Role::Admin, false, 2).await, Err(OpError::Forbidden(_))));
+        assert!(
+            set_role(&store, &as_it, m.id, Role::Viewer, false, 2)
+                .await
+                .is_ok()
+        );
+        assert!(matches!(
+            set_role(&store, &as_it, m.id, Role::Admin, false, 2).await,
+            Err(OpError::Forbidden(_))
+        ));
+        assert!(matches!(
+            set_role(&store, &as_it, it.id, Role::Admin, false, 2).await,
+            Err(OpError::Forbidden(_))
+        ));
         // Nor touch the owner's sessions or link.
-        assert!(matches!(revoke_sessions(&store, &as_it, owner.id, 2).await, Err(OpError::Forbidden(_))));
+        assert!(matches!(
+            revoke_sessions(&store, &as_it, owner.id, 2).await,
+            Err(OpError::Forbidden(_))
+        ));
         // The owner can do all of it (but never assign owner).
-        let as_owner = Actor::Person { id: owner.id, role: Role::Owner, label: "o".into() };
-        assert!(set_role(&store, &as_owner, m.id, Role::Admin, false, 3).await.is_ok());
-        assert!(matches!(set_role(&store, &as_owner, m.id, Role::Owner, false, 3).await, Err(OpError::Refused(_))));
+        let as_owner = Actor::Person {
+            id: owner.id,
+            role: Role::Owner,
+            label: "o".into(),
+        };
+        assert!(
+            set_role(&store, &as_owner, m.id, Role::Admin, false, 3)
+                .await
+                .is_ok()
+        );
+        assert!(matches!(
+            set_role(&store, &as_owner, m.id, Role::Owner, false, 3).await,
+            Err(OpError::Refused(_))
+        ));
     }
 }

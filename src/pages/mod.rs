@@ -9,8 +9,8 @@ pub mod error;
 mod html;
 pub mod keys;
 pub mod login;
-pub mod users;
 pub mod onboarding;
+pub mod users;
 
 pub use error::render_error;
 pub use html::{Html, el, escape, prose, void};
