@@ -20,7 +20,7 @@ use crate::harness::free_port;
 use crate::harness::headgate::{Headgate, HeadgateConfig};
 use crate::harness::idp::{ALICE_LOGIN, ALICE_PASSWORD, ALICE_SUB, TestIdp};
 use crate::harness::rogue::RogueIdp;
-use crate::harness::stack::{Site, enc, landing, login_code, oidc_section, stack};
+use crate::harness::stack::{Site, enc, final_landing, login_code, oidc_section, stack};
 
 const CSP: &str = "default-src 'self'; img-src 'self' https:; frame-ancestors 'none'";
 const STYLESHEET: &str = "/_headgate/static/headgate.css";
@@ -247,7 +247,7 @@ async fn login_page_has_sso_link_api_key_form_security_headers_and_stylesheet() 
     assert_eq!(to_idp.status(), 302);
     let back = via_link.get(to_idp.location().unwrap().as_str()).await;
     let done = via_link.get(back.location().unwrap().as_str()).await;
-    assert_eq!(landing(&site, &done), "/admin/machines");
+    assert_eq!(final_landing(&site, &done), "/admin/machines");
 
     // The API-key form: POST to /admin/login, hidden csrf and rd, a password field for the key.
     let form = api_key_form(&p).unwrap_or_else(|| panic!("no API-key form: {}", p.text()));
@@ -533,7 +533,7 @@ async fn rd_survives_api_key_login_and_a_posted_hostile_rd_is_refused() {
     form.set("api_key", &key);
     let r = b.submit(&page, &form, None).await;
     assert_eq!(r.status(), 303, "{}", r.visible_text());
-    assert_eq!(landing(&site, &r), "/admin/machines");
+    assert_eq!(final_landing(&site, &r), "/admin/machines");
     assert_eq!(whoami(&b, &site.base()).await.0, 200);
 
     for hostile in ["//evil.example", "https://evil.example/", "/\\evil.example"] {
@@ -543,7 +543,7 @@ async fn rd_survives_api_key_login_and_a_posted_hostile_rd_is_refused() {
         form.set("api_key", &key).set("rd", hostile);
         let r = b.submit(&page, &form, None).await;
         assert_eq!(r.status(), 303, "{hostile:?}: {}", r.visible_text());
-        assert_eq!(landing(&site, &r), "/admin/", "{hostile:?}");
+        assert_eq!(final_landing(&site, &r), "/admin/", "{hostile:?}");
         assert_eq!(whoami(&b, &site.base()).await.0, 200);
     }
 }
@@ -604,7 +604,14 @@ async fn corpus_sign_in(
     if done.status() != 302 {
         return Err(format!("callback answered {}", done.status()));
     }
-    location_of(&done)
+    // A first sign-in detours through onboarding, which carries the return target on as `rd`.
+    let to = location_of(&done)?;
+    Ok(match to.strip_prefix("/_headgate/onboarding?rd=") {
+        Some(rd) => percent_encoding::percent_decode_str(rd)
+            .decode_utf8_lossy()
+            .into_owned(),
+        None => to,
+    })
 }
 
 /// Every corpus entry through a whole sign-in (start with `?rd=<entry>`, rogue authorize, callback): the
@@ -751,7 +758,12 @@ async fn secure_cookies_use_the_host_and_secure_prefixes() {
     // The session cookie.
     let back = b.get(to_idp.location().unwrap().as_str()).await;
     let done = b.get(back.location().unwrap().as_str()).await;
-    assert_eq!(landing(&site, &done), "/admin/", "{}", hg.process.output());
+    assert_eq!(
+        final_landing(&site, &done),
+        "/admin/",
+        "{}",
+        hg.process.output()
+    );
     let cs = set_cookies(&done);
     let session = setting(&cs, "headgate_session").expect("a session cookie");
     assert_eq!(session.name, "__Host-headgate_session");
@@ -784,7 +796,12 @@ async fn a_cookie_domain_gives_the_secure_prefix_and_a_warning() {
     );
     let b = Browser::new().trust_loopback_as_secure();
     let done = rogue_sign_in(&b, &site, None).await;
-    assert_eq!(landing(&site, &done), "/admin/", "{}", hg.process.output());
+    assert_eq!(
+        final_landing(&site, &done),
+        "/admin/",
+        "{}",
+        hg.process.output()
+    );
     let cs = set_cookies(&done);
     let session = setting(&cs, "headgate_session").expect("a session cookie");
     assert_eq!(session.name, "__Secure-headgate_session");
@@ -882,10 +899,15 @@ async fn at_most_five_flows_and_the_oldest_are_dropped() {
     }
     // The newest finishes, and so does the oldest one kept.
     let r = b.get(callbacks[6].as_str()).await;
-    assert_eq!(landing(&site, &r), "/admin/tab6", "{}", hg.process.output());
+    assert_eq!(
+        final_landing(&site, &r),
+        "/admin/tab6",
+        "{}",
+        hg.process.output()
+    );
     assert_eq!(whoami(&b, &site.base()).await.0, 200);
     let r = b.get(callbacks[2].as_str()).await;
-    assert_eq!(landing(&site, &r), "/admin/tab2");
+    assert_eq!(final_landing(&site, &r), "/admin/tab2");
 }
 
 #[tokio::test]
@@ -1097,7 +1119,7 @@ async fn no_token_reaches_the_log_pages_or_cookies() {
     pages.push(start);
     let done = b.get(callback.as_str()).await;
     assert_eq!(
-        landing(&s.site, &done),
+        final_landing(&s.site, &done),
         "/admin/",
         "{}",
         s.hg.process.output()
@@ -1149,7 +1171,7 @@ async fn the_refresh_token_is_stored_encrypted() {
     let b = Browser::new();
     let done = crate::harness::stack::sign_in(&b, &s.site, ALICE_LOGIN, ALICE_PASSWORD, None).await;
     assert_eq!(
-        landing(&s.site, &done),
+        final_landing(&s.site, &done),
         "/admin/",
         "{}",
         s.hg.process.output()

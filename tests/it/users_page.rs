@@ -16,7 +16,7 @@ use crate::harness::browser::{Browser, Form, Page};
 use crate::harness::fake_headscale::FakeHeadscale;
 use crate::harness::headgate::{Headgate, TEST_SECRET};
 use crate::harness::rogue::RogueIdp;
-use crate::harness::stack::{Site, enc, landing, oidc_section};
+use crate::harness::stack::{Site, enc, final_landing, oidc_section};
 
 const USERS: &str = "/_headgate/users";
 
@@ -61,7 +61,7 @@ impl Env {
         assert_eq!(back.status(), 302, "rogue authorize");
         let done = b.get(back.location().unwrap().as_str()).await;
         assert_eq!(
-            landing(&self.site, &done),
+            final_landing(&self.site, &done),
             "/admin/",
             "sign-in of {sub}: {}",
             self.hg.process.output()
@@ -265,14 +265,19 @@ async fn roles_and_ownership_through_the_page() {
     // Refused changes were not recorded as changes.
     assert!(!text.contains("→ owner"), "{text}");
 
-    // Revoking the new owner's sessions signs them out at their next request.
+    // Only the owner ends the owner's sessions: the old owner (now admin) is refused…
     let p = e.page(&owner).await;
     let f = form(&p, "revoke_sessions", Some("2")).expect("a revoke form");
     let r = owner.submit(&p, &f, None).await;
+    assert_eq!(r.status(), 403, "{}", r.text());
+    assert_eq!(e.whoami(&admin).await.0, 200);
+    // …while the new owner ends the old owner's, who is signed out at the next request.
+    let p = e.page(&admin).await;
+    let f = form(&p, "revoke_sessions", Some("1")).expect("a revoke form");
+    let r = admin.submit(&p, &f, None).await;
     assert_eq!(done_code(&r).as_deref(), Some("sessions_revoked"));
-    assert_eq!(e.whoami(&admin).await.0, 401);
-    assert_eq!(e.role(&owner).await, "admin");
-    let p = e.page(&owner).await;
+    assert_eq!(e.whoami(&owner).await.0, 401);
+    let p = e.page(&admin).await;
     let text = p.visible_text();
     assert!(
         text.find("revoke_sessions").unwrap() < text.find("from user 1").unwrap(),

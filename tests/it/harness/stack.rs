@@ -126,6 +126,18 @@ pub fn landing(site: &Site, p: &Page) -> String {
 }
 
 /// Where a first sign-in lands (onboarding runs until finished or skipped), handing `rd` on.
+/// Where a sign-in finally sends the person, looking through the first-sign-in detour to onboarding (its
+/// `rd` is the return target). For tests about return targets, not about onboarding.
+pub fn final_landing(site: &Site, p: &Page) -> String {
+    let to = landing(site, p);
+    match to.strip_prefix("/_headgate/onboarding?rd=") {
+        Some(rd) => percent_encoding::percent_decode_str(&rd.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned(),
+        None => to,
+    }
+}
+
 pub fn onboarding_landing(rd: &str) -> String {
     format!("/_headgate/onboarding?rd={}", enc(rd))
 }
