@@ -22,6 +22,7 @@ pub mod linking;
 pub mod logging;
 pub mod oidc;
 pub mod pages;
+pub mod policy;
 pub mod rate_limit;
 pub mod redirect;
 pub mod refresh;
