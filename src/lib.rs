@@ -24,6 +24,7 @@ pub mod oidc;
 pub mod onboarding;
 pub mod pages;
 pub mod proxy;
+pub mod policy;
 pub mod rate_limit;
 pub mod redirect;
 pub mod refresh;

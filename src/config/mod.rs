@@ -19,6 +19,11 @@ use reader::{Section, nearest};
 pub use secret::Secret;
 use url::Url;
 
+/// The known name closest to `got`, when it is a plausible typo (for messages outside this module).
+pub(crate) fn nearest_name<'a>(got: &str, known: &[&'a str]) -> Option<&'a str> {
+    nearest(got, known)
+}
+
 /// Where `serve` and friends look for the file when `--config` is not given.
 pub const DEFAULT_LOCATIONS: &[&str] = &["./headgate.toml", "/etc/headgate/headgate.toml"];
 
@@ -29,6 +34,7 @@ pub struct Config {
     pub headscale: Option<HeadscaleConfig>,
     pub oidc: Option<OidcConfig>,
     pub onboarding: OnboardingConfig,
+    pub policy: PolicyConfig,
     /// Non-fatal findings (open-door defaults) shown by `serve` and `check-config`.
     pub warnings: Vec<String>,
 }
@@ -51,6 +57,9 @@ pub struct ServerConfig {
     pub allowed_redirect_domains: Vec<String>,
     pub api_key_login_cidrs: Vec<Cidr>,
     pub initial_owner: Option<String>,
+    /// Hosts (`host[:port]`, lower case; no port = the base URL scheme's default) that requests may name
+    /// besides `base_url`'s (policy.md section 1: anything else is 421).
+    pub allowed_hosts: Vec<String>,
     /// Peers whose `X-Forwarded-*` headers count (default none).
     pub trusted_proxies: Vec<Cidr>,
     /// How often API-key sessions are re-checked at Headscale (S14).
@@ -74,6 +83,12 @@ pub struct OnboardingConfig {
     pub self_link: SelfLink,
     /// Longest expiry (seconds) of a pre-auth key people create for themselves.
     pub own_key_max_expiry: u64,
+}
+
+/// `[policy]`: extra route rules (`[[policy.rule]]`, policy.md section 5).
+#[derive(Debug, Clone, Default)]
+pub struct PolicyConfig {
+    pub rules: Vec<crate::policy::Rule>,
 }
 
 /// S4: what a person's own pick of a Headscale user does.
@@ -262,6 +277,7 @@ impl Config {
         let headscale_t = take_section(&mut root, "headscale", &mut errors);
         let oidc_t = take_section(&mut root, "oidc", &mut errors);
         let onboarding_t = take_section(&mut root, "onboarding", &mut errors);
+        let policy_t = take_section(&mut root, "policy", &mut errors);
         for key in root.keys() {
             let mut msg = "unknown section".to_string();
             if let Some(s) = nearest(key, SECTIONS) {
@@ -323,6 +339,17 @@ impl Config {
             s.finish();
             r
         };
+        let policy = {
+            let mut s = Section::new(
+                "policy",
+                policy_t.unwrap_or_default(),
+                env_of("policy"),
+                &mut errors,
+            );
+            let r = read_policy(&mut s, upstream.headplane_login);
+            s.finish();
+            r
+        };
         if !errors.is_empty() {
             return Err(fail(errors));
         }
@@ -343,6 +370,7 @@ impl Config {
             headscale,
             oidc,
             onboarding,
+            policy,
             warnings: Vec::new(),
         };
         config.warnings = open_door_warnings(&config);
@@ -374,6 +402,12 @@ impl Config {
         collect("onboarding", &|s| {
             read_onboarding(s);
         });
+        collect("policy", &|s| {
+            read_policy(s, HeadplaneLogin::ApiKey);
+        });
+        collect("policy.rule", &|s| {
+            read_rule(s, HeadplaneLogin::ApiKey);
+        });
         keys.sort();
         keys.dedup();
         keys
@@ -385,7 +419,14 @@ impl Config {
     }
 }
 
-const SECTIONS: &[&str] = &["server", "upstream", "headscale", "oidc", "onboarding"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "upstream",
+    "headscale",
+    "oidc",
+    "onboarding",
+    "policy",
+];
 
 /// Apply `HEADGATE_<SECTION>__<KEY>[__<SUBKEY>]` variables; returns, per section, the keys they set.
 fn apply_env_overrides(
@@ -561,6 +602,15 @@ fn read_server(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<Ser
         }
     }
     let initial_owner = s.non_empty_string("initial_owner");
+    let allowed_hosts: Vec<String> = s.string_list("allowed_hosts").unwrap_or_default();
+    for (i, h) in allowed_hosts.iter().enumerate() {
+        if crate::policy::parse_host_port(h).is_err() || *h != h.to_ascii_lowercase() {
+            s.error(
+                &format!("allowed_hosts[{i}]"),
+                format!("{h:?} is not a lower-case host[:port] (e.g. \"headplane.internal:4180\")"),
+            );
+        }
+    }
     let mut trusted_proxies = Vec::new();
     for (i, c) in s
         .string_list("trusted_proxies")
@@ -615,6 +665,7 @@ fn read_server(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<Ser
         allowed_redirect_domains,
         api_key_login_cidrs,
         initial_owner,
+        allowed_hosts,
         trusted_proxies,
         api_key_recheck_interval,
     })
@@ -670,6 +721,55 @@ fn read_onboarding(s: &mut Section<'_>) -> OnboardingConfig {
     OnboardingConfig {
         self_link,
         own_key_max_expiry,
+    }
+}
+
+fn read_policy(s: &mut Section<'_>, login: HeadplaneLogin) -> PolicyConfig {
+    let read = s.table_array("rule", |r| read_rule(r, login));
+    let built: Vec<(usize, crate::policy::Rule)> = read
+        .into_iter()
+        .filter_map(|(i, r)| r.map(|r| (i, r)))
+        .collect();
+    let rules: Vec<crate::policy::Rule> = built.iter().map(|(_, r)| r.clone()).collect();
+    for (first, dup) in crate::policy::duplicate_rules(&rules) {
+        let (i, j) = (built[first].0, built[dup].0);
+        let key = match rules[dup].path {
+            crate::policy::PathMatch::Exact(_) => "path",
+            crate::policy::PathMatch::Prefix(_) => "path_prefix",
+        };
+        s.error(
+            &format!("rule[{j}].{key}"),
+            format!(
+                "{:?} is already covered by policy.rule[{i}]: merge the two rules",
+                rules[dup].path.as_str()
+            ),
+        );
+    }
+    PolicyConfig { rules }
+}
+
+/// One `[[policy.rule]]` (its section is named `policy.rule[<i>]`).
+fn read_rule(s: &mut Section<'_>, login: HeadplaneLogin) -> Option<crate::policy::Rule> {
+    let public_set = s.is_set("public");
+    let spec = crate::policy::RuleSpec {
+        path: s.non_empty_string("path"),
+        path_prefix: s.non_empty_string("path_prefix"),
+        methods: s.string_list("methods"),
+        capabilities: s.string_list("capabilities"),
+        public: {
+            let p = s.bool("public", false);
+            public_set.then_some(p)
+        },
+        websocket: s.bool("websocket", false),
+    };
+    match crate::policy::Rule::build(&spec, login.into()) {
+        Ok(r) => Some(r),
+        Err(errors) => {
+            for (key, msg) in errors {
+                s.error(&key, msg);
+            }
+            None
+        }
     }
 }
 

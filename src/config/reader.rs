@@ -13,6 +13,8 @@ pub(crate) struct Section<'e> {
     name: String,
     table: toml::Table,
     known: Vec<&'static str>,
+    /// Keys holding arrays of tables (their own keys are documented as `section.key.<key>`).
+    arrays: Vec<&'static str>,
     from_env: HashSet<String>,
     errors: &'e mut Vec<ConfigError>,
 }
@@ -28,6 +30,7 @@ impl<'e> Section<'e> {
             name: name.to_string(),
             table,
             known: Vec::new(),
+            arrays: Vec::new(),
             from_env,
             errors,
         }
@@ -204,8 +207,71 @@ impl<'e> Section<'e> {
         }
     }
 
+    /// An array of tables (`[[section.key]]`, or through the environment an inline array such as
+    /// `[{ path = "/x", public = true }]`). Entry `i` is read by `read` as its own section named
+    /// `section.key[i]`, so its problems and unknown keys name `section.key[i].<key>`; each result comes with
+    /// its `i`.
+    pub(crate) fn table_array<T>(
+        &mut self,
+        key: &'static str,
+        mut read: impl FnMut(&mut Section<'_>) -> T,
+    ) -> Vec<(usize, T)> {
+        self.arrays.push(key);
+        let Some((v, env)) = self.take(key) else {
+            return Vec::new();
+        };
+        let v = match (v, env) {
+            (toml::Value::String(s), true) => {
+                match format!("v = {s}").parse::<toml::Table>() {
+                    Ok(mut t) => t.remove("v").unwrap_or(toml::Value::Array(Vec::new())),
+                    Err(_) => {
+                        self.error(
+                        key,
+                        format!("expected a list of tables like [{{ key = \"value\" }}], found {s:?}"),
+                    );
+                        return Vec::new();
+                    }
+                }
+            }
+            (v, _) => v,
+        };
+        let items = match v {
+            toml::Value::Array(items) => items,
+            other => {
+                let msg = format!(
+                    "expected a list of tables ([[{}]] entries), found {}",
+                    self.key(key),
+                    describe(&other)
+                );
+                self.error(key, msg);
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            match item {
+                toml::Value::Table(t) => {
+                    let name = format!("{}[{i}]", self.key(key));
+                    let mut child = Section::new(&name, t, HashSet::new(), &mut *self.errors);
+                    out.push((i, read(&mut child)));
+                    child.finish();
+                }
+                other => {
+                    let msg = format!("expected a table, found {}", describe(&other));
+                    self.error(&format!("{key}[{i}]"), msg);
+                }
+            }
+        }
+        out
+    }
+
+    /// The keys this section read (arrays of tables excluded: their entries' keys are listed separately).
     pub(crate) fn known_keys(&self) -> Vec<&'static str> {
-        self.known.clone()
+        self.known
+            .iter()
+            .filter(|k| !self.arrays.contains(k))
+            .copied()
+            .collect()
     }
 
     /// Report every key nobody asked for, with the nearest known key as a suggestion.

@@ -425,6 +425,11 @@ fn the_example_loads_and_documents_every_key() {
             continue;
         }
         let l = l.strip_prefix("# ").unwrap_or(l);
+        // Arrays of tables are documented commented out: `# [[policy.rule]]` starts their keys.
+        if let Some(s) = l.strip_prefix("[[").and_then(|s| s.strip_suffix("]]")) {
+            section = s.to_string();
+            continue;
+        }
         if let Some((k, _)) = l.split_once(" = ")
             && !k.is_empty()
             && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
@@ -443,4 +448,135 @@ fn the_example_loads_and_documents_every_key() {
         unknown.is_empty(),
         "keys in the example that headgate does not read: {unknown:?}"
     );
+}
+
+#[test]
+fn policy_rules_are_read_and_every_problem_names_its_key() {
+    use headgate::policy::{Access, PathMatch, RuleMethod};
+    use headgate::roles::Caps;
+    let text = format!(
+        "{}[[policy.rule]]\npath_prefix = \"/grafana\"\ncapabilities = [\"read_policy\", \"ui_access\"]\nwebsocket = true\n\
+         [[policy.rule]]\npath = \"/status\"\npublic = true\nmethods = [\"GET\"]\n",
+        minimal()
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.policy.rules.len(), 2);
+    let r = &c.policy.rules[0];
+    assert_eq!(r.path, PathMatch::Prefix("/grafana".into()));
+    assert_eq!(r.access, Access::Caps(Caps::READ_POLICY | Caps::UI_ACCESS));
+    assert_eq!(r.methods, vec![RuleMethod::Get, RuleMethod::Post]);
+    assert!(r.websocket);
+    assert_eq!(c.policy.rules[1].access, Access::Public);
+    assert!(parse(&minimal()).unwrap().policy.rules.is_empty());
+
+    let bad = format!(
+        "{}[[policy.rule]]\npath_prefix = \"/admin/users\"\ncapabilities = [\"read_user\"]\n\
+         [[policy.rule]]\npath = \"/x\"\npath_prefix = \"/x\"\npublic = true\n\
+         [[policy.rule]]\npath = \"/y\"\ncapabilites = []\n\
+         [[policy.rule]]\npath_prefix = \"/grafana\"\ncapabilities = []\nmethods = [\"OPTIONS\"]\n\
+         [[policy.rule]]\npath_prefix = \"/grafana\"\npublic = true\n",
+        minimal()
+    );
+    let errs = errors(&bad, &HashMap::new());
+    assert!(
+        has(&errs, "policy.rule[0].path_prefix", "outside /admin"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "policy.rule[0].capabilities[0]", "read_users"),
+        "{errs:#?}"
+    );
+    assert!(has(&errs, "policy.rule[1].path", "not both"), "{errs:#?}");
+    assert!(
+        has(&errs, "policy.rule[2].capabilities", "missing"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "policy.rule[2].capabilites", "capabilities"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "policy.rule[3].methods[0]", "OPTIONS"),
+        "{errs:#?}"
+    );
+
+    // Two rules for one path are ambiguous (reported once the rules themselves are valid).
+    let dup = format!(
+        "{}[[policy.rule]]\npath_prefix = \"/g\"\npublic = true\n[[policy.rule]]\npath_prefix = \"/g\"\ncapabilities = []\n",
+        minimal()
+    );
+    assert!(has(
+        &errors(&dup, &HashMap::new()),
+        "policy.rule[1].path_prefix",
+        "policy.rule[0]"
+    ));
+
+    // With headplane_login = "none" rules may cover /admin (the built-in rows are off).
+    let none = format!(
+        "{}[upstream]\nheadplane_login = \"none\"\n[[policy.rule]]\npath_prefix = \"/admin\"\ncapabilities = [\"read_users\"]\n",
+        minimal()
+    );
+    assert_eq!(parse(&none).unwrap().policy.rules.len(), 1);
+
+    // `policy.rule` must be an array of tables; through the environment an inline array works.
+    assert!(has(
+        &errors(
+            &format!("{}[policy]\nrule = \"x\"\n", minimal()),
+            &HashMap::new()
+        ),
+        "policy.rule",
+        "list of tables"
+    ));
+    assert!(has(
+        &errors(
+            &format!("{}[policy]\nrules = []\n", minimal()),
+            &HashMap::new()
+        ),
+        "policy.rules",
+        "unknown key"
+    ));
+    let c = Config::parse(
+        "test.toml",
+        &minimal(),
+        &env(&[(
+            "HEADGATE_POLICY__RULE",
+            r#"[{ path_prefix = "/g", public = true }]"#,
+        )]),
+    )
+    .unwrap();
+    assert_eq!(c.policy.rules[0].path, PathMatch::Prefix("/g".into()));
+    let errs = errors(
+        &minimal(),
+        &env(&[("HEADGATE_POLICY__RULE", "[{ path = \"/g\" }]")]),
+    );
+    assert!(
+        has(&errs, "policy.rule[0].capabilities", "missing"),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn allowed_hosts_are_lower_case_host_and_port() {
+    let c = parse(&format!(
+        "{}allowed_hosts = [\"headplane.internal:4180\", \"[::1]:4180\", \"10.0.0.2\"]\n",
+        minimal()
+    ))
+    .unwrap();
+    assert_eq!(c.server.allowed_hosts.len(), 3);
+    let p = headgate::policy::Policy::from_config(&c);
+    assert_eq!(p.mode(), headgate::policy::Mode::Bridge);
+    let errs = errors(
+        &format!(
+            "{}allowed_hosts = [\"Headplane.internal\", \"x:port\", \"https://x\", \"a.b.\"]\n",
+            minimal()
+        ),
+        &HashMap::new(),
+    );
+    for i in 0..4 {
+        assert!(
+            has(&errs, &format!("server.allowed_hosts[{i}]"), "host[:port]"),
+            "{errs:#?}"
+        );
+    }
+    assert!(parse(&minimal()).unwrap().server.allowed_hosts.is_empty());
 }
