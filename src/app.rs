@@ -52,10 +52,16 @@ pub struct App {
     pub(crate) start_limiter: RateLimiter,
     /// The cookie path shared by the start and callback paths (flow cookies live there).
     pub(crate) flow_path: String,
+    /// The upstream the gate forwards to (None: no `upstream.url`, or a mode the gate does not serve yet).
+    pub(crate) upstream: Option<crate::proxy::forward::Upstream>,
+    pub(crate) policy: crate::policy::Policy,
+    pub(crate) identity_names: crate::proxy::hygiene::IdentityNames,
+    audit_tx: mpsc::Sender<crate::store::NewAuditEvent>,
 }
 
 /// What the caller must run next to the server (batching, pruning, re-checks).
 pub struct Background {
+    audit_rx: mpsc::Receiver<crate::store::NewAuditEvent>,
     touch_rx: mpsc::Receiver<(crate::store::SessionKey, i64)>,
     refresh_rx: mpsc::Receiver<crate::store::SessionKey>,
 }
@@ -85,6 +91,17 @@ impl App {
         };
         let (touch_tx, touch_rx) = mpsc::channel(4096);
         let (refresh_tx, refresh_rx) = mpsc::channel(1024);
+        let (audit_tx, audit_rx) = mpsc::channel(8192);
+        // The gate serves `proxy_auth` and `none` today; the API-key bridge (the default mode) comes with
+        // its Headplane session handling.
+        let upstream = match (&config.upstream.url, config.upstream.headplane_login) {
+            (
+                Some(u),
+                crate::config::HeadplaneLogin::ProxyAuth | crate::config::HeadplaneLogin::None,
+            ) => Some(crate::proxy::forward::Upstream::new(u)),
+            _ => None,
+        };
+        let policy = crate::policy::Policy::from_config(&config);
         let mut sessions = Sessions::new(
             keys.clone(),
             cookies.clone(),
@@ -130,14 +147,27 @@ impl App {
             redirects,
             start_limiter: RateLimiter::new(30, 600, Duration::from_secs(60)),
             flow_path,
+            upstream,
+            policy,
+            identity_names: crate::proxy::hygiene::IdentityNames::default(),
+            audit_tx,
         };
         (
             app,
             Background {
+                audit_rx,
                 touch_rx,
                 refresh_rx,
             },
         )
+    }
+
+    /// Record an audit event off the request path (batched into one store write per second). A full queue
+    /// is logged, never blocks a request.
+    pub fn audit(&self, ev: crate::store::NewAuditEvent) {
+        if self.audit_tx.try_send(ev).is_err() {
+            tracing::warn!("audit queue full: an audit record was dropped");
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -160,6 +190,7 @@ impl App {
             Duration::from_secs(30),
         ));
         tokio::spawn(crate::refresh::run(self.clone(), bg.refresh_rx));
+        tokio::spawn(run_audit_batcher(self.store.clone(), bg.audit_rx));
         let app = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(300));
@@ -285,8 +316,36 @@ impl App {
             (&Method::GET | &Method::HEAD, "/admin/") if self.config.upstream.url.is_none() => {
                 (auth::signed_in_page(self, &req).await, "signed_in")
             }
+            _ if self.upstream.is_some() => {
+                let (r, o) = crate::gate::handle(self, req, conn).await;
+                tracing::debug!(verdict = o.verdict, reason = o.reason, "gate");
+                (r, o.reason)
+            }
             _ => (not_found(), "not_found"),
         }
+    }
+}
+
+async fn run_audit_batcher(store: Store, mut rx: mpsc::Receiver<crate::store::NewAuditEvent>) {
+    let mut batch = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(e) => batch.push(e),
+                None => break,
+            },
+            _ = tick.tick() => {
+                if !batch.is_empty()
+                    && let Err(e) = store.append_audit(std::mem::take(&mut batch)).await
+                {
+                    tracing::error!(error = %e, "could not write audit records");
+                }
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = store.append_audit(batch).await;
     }
 }
 

@@ -103,6 +103,8 @@ pub enum SelfLink {
 pub struct UpstreamConfig {
     pub url: Option<Url>,
     pub headplane_login: HeadplaneLogin,
+    /// Upstream `Set-Cookie` names that may reach the browser (`_hp_auth` never).
+    pub pass_cookies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -701,6 +703,18 @@ fn read_upstream(s: &mut Section<'_>) -> UpstreamConfig {
     UpstreamConfig {
         url,
         headplane_login,
+        pass_cookies: {
+            let list = s
+                .string_list("pass_cookies")
+                .unwrap_or_else(|| vec!["color_scheme".to_string()]);
+            if list.iter().any(|c| c == "_hp_auth") {
+                s.error(
+                    "pass_cookies",
+                    "_hp_auth never reaches the browser: remove it",
+                );
+            }
+            list
+        },
     }
 }
 

@@ -9,6 +9,7 @@ mod check_config;
 mod cli;
 mod config;
 mod fake_headscale;
+mod gate;
 mod identity;
 mod idp;
 mod login_page;

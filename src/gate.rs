@@ -1,0 +1,491 @@
+//! The gate: every request for the upstream, in one linear pass (DESIGN.md "The request path"):
+//! admission → session → form → decision (a pure function, `policy`) → verdict → forward → one log line.
+//! Nothing reaches the upstream unless the decision is an allow.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::app::{App, Body, Conn, LOGIN_PATH};
+use crate::auth::enc;
+use crate::policy::{self, Admission, Decision, DenyPage, Who};
+use crate::proxy::{forward, hygiene};
+use crate::respond;
+use crate::session::{Lookup, VerifiedSession};
+use crate::store::{LinkState, NewAuditEvent, SessionSubject};
+
+/// How long a client may take to send a form body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the one ownership question to Headscale may take (S5: fail closed).
+const OWNERSHIP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the log line says about a request.
+pub struct Outcome {
+    pub verdict: &'static str,
+    pub reason: &'static str,
+}
+
+fn wants_html(parts: &http::request::Parts) -> bool {
+    let h = &parts.headers;
+    h.get("sec-fetch-mode").is_some_and(|v| v == "navigate")
+        || h.get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/html"))
+}
+
+/// The signed-out answer (DESIGN.md step 6).
+fn sign_in_answer(app: &App, parts: &http::request::Parts, data: bool) -> Response<Body> {
+    let here = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/admin/");
+    // A data request's page is the path without `.data`.
+    let here = if data {
+        here.replacen(".data", "", 1)
+    } else {
+        here.to_string()
+    };
+    let rd = app.redirects.validate_or_default(Some(&here));
+    let login = format!("{LOGIN_PATH}?rd={}", enc(rd.as_str()));
+    if data {
+        return respond::data_redirect_loader(&login);
+    }
+    match (&parts.method, wants_html(parts)) {
+        (&Method::GET | &Method::HEAD, true) => respond::redirect(StatusCode::FOUND, &login),
+        (&Method::POST, true) => respond::redirect(StatusCode::SEE_OTHER, &login),
+        _ => respond::json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": "not_signed_in", "login": login}),
+        ),
+    }
+}
+
+fn deny_answer(
+    s: Option<&VerifiedSession>,
+    page: DenyPage,
+    missing: crate::roles::Caps,
+    data: bool,
+) -> Response<Body> {
+    let role = s
+        .and_then(|s| s.user())
+        .map(|u| u.role.as_str())
+        .unwrap_or("api key");
+    let (title, message, hint) = match page {
+        DenyPage::Forbidden if missing.0 != 0 => (
+            "Not allowed",
+            format!("This needs the {missing} capability; your role is {role}."),
+            Some("Ask an administrator to change your role."),
+        ),
+        DenyPage::Forbidden => (
+            "Not allowed",
+            "This action is not allowed here.".to_string(),
+            None,
+        ),
+        DenyPage::NoAccess => (
+            "No access yet",
+            format!("You are signed in, but your role ({role}) has no access to this interface."),
+            Some(
+                "Ask an administrator for access. You can still connect your devices: see /_headgate/onboarding.",
+            ),
+        ),
+        DenyPage::SshNeedsHeadplaneIdentity => (
+            "Browser SSH is not available here",
+            "Browser SSH needs Headplane's own identity, which this deployment does not give it."
+                .to_string(),
+            Some(
+                "An operator can use upstream.headplane_login = \"proxy_auth\" with Headplane 0.7 for browser SSH.",
+            ),
+        ),
+        DenyPage::LinkAtHeadgate => (
+            "Linking happens in headgate",
+            "Linking your Headscale user is done on headgate's onboarding and users pages."
+                .to_string(),
+            Some("Open /_headgate/onboarding."),
+        ),
+    };
+    if data {
+        // Headplane's client shows a non-2xx data answer as an error.
+        let mut r = Response::new(crate::app::full(format!("{title}: {message}")));
+        *r.status_mut() = StatusCode::FORBIDDEN;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        return r;
+    }
+    respond::error_page(StatusCode::FORBIDDEN, title, &message, hint)
+}
+
+/// Read a form body, bounded in size and time.
+async fn read_body(body: Incoming) -> Result<Bytes, StatusCode> {
+    match tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(body, policy::MAX_FORM_BYTES).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(StatusCode::PAYLOAD_TOO_LARGE)
+        }
+        Ok(Err(_)) => Err(StatusCode::BAD_REQUEST),
+        Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
+    }
+}
+
+fn refusal(status: u16, reason: &str) -> Response<Body> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    respond::error_page(
+        status,
+        "Request refused",
+        &format!("headgate refused this request ({reason})."),
+        None,
+    )
+}
+
+/// Does Headscale list node `node_id` under Headscale user `hs_user`? Any error: no (fail closed).
+async fn owns_node(app: &App, node_id: &str, hs_user: &str) -> bool {
+    let Some(hs) = &app.headscale else {
+        return false;
+    };
+    match tokio::time::timeout(OWNERSHIP_TIMEOUT, hs.node(node_id)).await {
+        Ok(Ok(Some(n))) => n.user.is_some_and(|u| u.id == hs_user),
+        Ok(Ok(None)) => false,
+        Ok(Err(e)) => {
+            tracing::warn!("ownership check failed closed: {e}");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("ownership check failed closed: Headscale did not answer within 5 s");
+            false
+        }
+    }
+}
+
+/// Handle a request for the upstream.
+pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<Body>, Outcome) {
+    let out = |verdict, reason| Outcome { verdict, reason };
+    let Some(upstream) = &app.upstream else {
+        return (
+            respond::json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "not_found"}),
+            ),
+            out("deny", "no_upstream"),
+        );
+    };
+    let (mut parts, body) = req.into_parts();
+
+    // 1. Admission: refused requests never reach a handler or the upstream.
+    let admitted = match app.policy.admit(&policy::Request::from_parts(
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+    )) {
+        Admission::Ok(a) => a,
+        Admission::Refuse { status, reason } => {
+            return (refusal(status, reason), out("deny", reason));
+        }
+        Admission::RedirectToAdmin => {
+            return (
+                respond::redirect(StatusCode::FOUND, "/admin/"),
+                out("redirect", "root"),
+            );
+        }
+        Admission::HeadgateOwned { route, .. } => {
+            use policy::OwnedRoute as O;
+            let to = match route {
+                O::Onboarding | O::OnboardingSkip => "/_headgate/onboarding",
+                O::PendingApproval => "/_headgate/onboarding",
+                _ => "/admin/login",
+            };
+            return (
+                respond::redirect(StatusCode::FOUND, to),
+                out("redirect", "headgate_owned"),
+            );
+        }
+    };
+
+    // 2. Session: a read, no network.
+    let now = app.now();
+    let mut clear_cookie = None;
+    let session = match app.sessions.lookup(&parts.headers, now).await {
+        Ok(Lookup::Valid(s)) => Some(*s),
+        Ok(Lookup::None) => None,
+        Ok(Lookup::Invalid) => {
+            clear_cookie = Some(app.sessions.clear_cookie());
+            None
+        }
+        Ok(Lookup::Ambiguous) => {
+            let r = respond::with_cookies(
+                respond::json(
+                    StatusCode::UNAUTHORIZED,
+                    serde_json::json!({"error": "several_session_cookies"}),
+                ),
+                &[app.sessions.clear_cookie()],
+            );
+            return (r, out("login", "several_session_cookies"));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store failure: failing closed");
+            return (
+                crate::auth::store_failure(&e),
+                out("error", "store_failure"),
+            );
+        }
+    };
+    let link = match session.as_ref().and_then(|s| s.user()) {
+        Some(u) => match app.store.link_of_user(u.id).await {
+            Ok(l) => l.filter(|l| l.state == LinkState::Approved),
+            Err(e) => {
+                return (
+                    crate::auth::store_failure(&e),
+                    out("error", "store_failure"),
+                );
+            }
+        },
+        None => None,
+    };
+    let who = session.as_ref().map(|s| match s.user() {
+        Some(u) => Who::person(u.role, link.as_ref().map(|l| l.headscale_user_id.clone())),
+        None => Who::api_key(),
+    });
+
+    // 3. The form, parsed once, strictly, when the row needs it.
+    let mut form = None;
+    let mut body = Some(body);
+    if admitted.needs_form() && session.is_some() {
+        let ct = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let ce = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = match read_body(body.take().expect("body not yet used")).await {
+            Ok(b) => b,
+            Err(status) => {
+                return (
+                    refusal(status.as_u16(), "form body"),
+                    out("deny", "form_body"),
+                );
+            }
+        };
+        match policy::parse_form(ct.as_deref(), ce.as_deref(), &bytes) {
+            Ok(f) => form = Some(f),
+            Err(e) => return (refusal(e.status(), e.reason()), out("deny", e.reason())),
+        }
+    }
+
+    // 4. The decision (pure), with the one ownership question asked of Headscale when a row needs it.
+    let mut decision = app.policy.decide(&admitted, form.as_ref(), who.as_ref());
+    if let Decision::AllowIfOwnsNode {
+        node_id,
+        headscale_user_id,
+        ..
+    } = &decision
+    {
+        let owns = owns_node(app, node_id, headscale_user_id).await;
+        decision = decision.resolve_ownership(owns);
+    }
+    let reason = decision.reason();
+    let public = match decision {
+        Decision::Allow { public, .. } => public,
+        Decision::SignIn { reason } => {
+            let r = sign_in_answer(app, &parts, admitted.data);
+            let r = match clear_cookie {
+                Some(c) => respond::with_cookies(r, &[c]),
+                None => r,
+            };
+            return (r, out("login", reason));
+        }
+        Decision::Deny {
+            page,
+            missing,
+            reason,
+        } => {
+            return (
+                deny_answer(session.as_ref(), page, missing, admitted.data),
+                out("deny", reason),
+            );
+        }
+        Decision::Redirect { location, reason } => {
+            return (
+                respond::redirect(StatusCode::FOUND, location),
+                out("redirect", reason),
+            );
+        }
+        Decision::AllowIfOwnsNode { .. } => unreachable!("resolved above"),
+    };
+
+    // 5. Forward: hygiene, identity, the exact decided form, the upstream session in the bridge.
+    let trusted_peer = app
+        .config
+        .server
+        .trusted_proxies
+        .iter()
+        .any(|c| c.contains(conn.peer.ip()));
+    hygiene::clean_request(&mut parts.headers, &app.identity_names, trusted_peer, false);
+    let own_cookie = |n: &str| {
+        n == "_hp_auth"
+            || n.trim_start_matches("__Host-")
+                .trim_start_matches("__Secure-")
+                .starts_with("headgate_")
+    };
+    hygiene::strip_cookies(&mut parts.headers, own_cookie);
+    let identity = identity_of(app, session.as_ref(), link.as_ref(), now);
+    hygiene::set_identity(&mut parts.headers, &app.identity_names, &identity);
+    forward::preserve_host(&mut parts);
+    forward::set_forwarded(&mut parts, conn.peer.ip(), conn.tls, trusted_peer);
+    // The API-key bridge (attaching headgate's own Headplane session on non-public rows) is not wired yet:
+    // `App::new` only enables the gate for `proxy_auth` and `none`.
+    let _ = public;
+    let path_and_query = match &admitted.query {
+        Some(q) => format!("{}?{q}", admitted.path),
+        None => admitted.path.clone(),
+    };
+    let upstream_body: Body = match (&form, body) {
+        (Some(f), _) => {
+            let encoded = f.encoded();
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(policy::FORWARD_CONTENT_TYPE),
+            );
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(encoded.len()));
+            parts.headers.remove(header::CONTENT_ENCODING);
+            Full::new(Bytes::from(encoded))
+                .map_err(|never| match never {})
+                .boxed()
+        }
+        (None, Some(b)) => forward::stream_body(b),
+        (None, None) => Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed(),
+    };
+    let method = parts.method.clone();
+    let resp = match upstream.send(parts, &path_and_query, upstream_body).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{e}");
+            let (status, title) = match e {
+                forward::ForwardError::Timeout(..) => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "The application did not answer in time",
+                ),
+                _ => (StatusCode::BAD_GATEWAY, "The application is unavailable"),
+            };
+            let r = respond::error_page(
+                status,
+                title,
+                "headgate could not get an answer from the application behind it.",
+                Some("Try again in a moment."),
+            );
+            return (r, out("error", "upstream"));
+        }
+    };
+    let status = resp.status();
+    let mut resp = forward::stream_back(resp);
+    hygiene::clean_response(resp.headers_mut(), &app.config.upstream.pass_cookies, false);
+    if session.is_some() {
+        hygiene::mark_private(resp.headers_mut());
+    }
+    if let Some(c) = clear_cookie
+        && let Ok(v) = HeaderValue::from_str(&c)
+    {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    if method == Method::POST {
+        audit_allowed_post(
+            app,
+            session.as_ref(),
+            &admitted.path,
+            form.as_ref(),
+            status.as_u16(),
+            now,
+        );
+    }
+    (resp, out("allow", reason))
+}
+
+/// The identity headers' values (every one set, empty when unknown; S11: an API-key session is never a
+/// `Remote-User`, and the email only when verified).
+pub fn identity_of(
+    app: &App,
+    s: Option<&VerifiedSession>,
+    link: Option<&crate::store::Link>,
+    now: i64,
+) -> hygiene::Identity {
+    let mut id = hygiene::Identity::default();
+    let Some(s) = s else { return id };
+    match (s.user(), &s.record().subject) {
+        (Some(u), _) => {
+            id.user = u.subject.clone();
+            if u.email_verified {
+                id.email = u.email.clone().unwrap_or_default();
+            }
+            id.name = u.name.clone().unwrap_or_default();
+            id.picture = u.picture.clone().unwrap_or_default();
+            id.role = u.role.as_str().to_string();
+            id.auth = "oidc".into();
+            if let Some(l) = link {
+                id.hs_user_id = l.headscale_user_id.clone();
+                id.hs_user = l.headscale_name.clone();
+            }
+        }
+        (None, SessionSubject::ApiKey { .. }) => {
+            id.auth = "api_key".into();
+        }
+        (None, SessionSubject::User(_)) => {}
+    }
+    let _ = (app, now);
+    id
+}
+
+/// S20: an audit record for every allowed state-changing request, batched off the request path.
+fn audit_allowed_post(
+    app: &App,
+    s: Option<&VerifiedSession>,
+    path: &str,
+    form: Option<&policy::Form>,
+    upstream_status: u16,
+    now: i64,
+) {
+    let actor = match s.and_then(|s| s.user()) {
+        Some(u) => format!(
+            "user {} ({})",
+            u.id.0,
+            u.email.clone().unwrap_or_else(|| u.subject.clone())
+        ),
+        None => "api key".to_string(),
+    };
+    let action_id = form.and_then(|f| f.action_id()).unwrap_or("-");
+    let targets: Vec<String> = form
+        .map(|f| {
+            f.fields()
+                .iter()
+                .filter(|(k, _)| k.ends_with("_id") && k != "action_id")
+                .map(|(k, v)| format!("{k}={}", crate::logging::escape(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    app.audit(NewAuditEvent {
+        at: now,
+        actor,
+        action: format!("POST {path} {action_id}"),
+        target: targets.join(" "),
+        detail: format!("upstream {upstream_status}"),
+    });
+}
