@@ -36,6 +36,11 @@ pub enum Command {
     Serve,
     /// Validate the configuration, then probe the IdP, Headscale, the data directory and the store.
     CheckConfig,
+    /// The signing keys of the signed assertion (X-Headgate-Assertion): list, rotate, revoke.
+    Keys {
+        #[command(subcommand)]
+        cmd: crate::assertion::KeysCmd,
+    },
 }
 
 /// A failure that ends the process: the message is for the operator, the code for the supervisor.
@@ -65,6 +70,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Serve => serve(cli.config.as_deref(), &env),
         Command::CheckConfig => check_config(cli.config.as_deref(), &env),
+        Command::Keys { cmd } => crate::assertion::run_cli(load(cli.config.as_deref(), &env)?, cmd)
+            .map_err(Failure::runtime),
     }
 }
 

@@ -29,6 +29,7 @@ pub struct Config {
     pub headscale: Option<HeadscaleConfig>,
     pub oidc: Option<OidcConfig>,
     pub onboarding: OnboardingConfig,
+    pub headers: HeadersConfig,
     /// Non-fatal findings (open-door defaults) shown by `serve` and `check-config`.
     pub warnings: Vec<String>,
 }
@@ -74,6 +75,16 @@ pub struct OnboardingConfig {
     pub self_link: SelfLink,
     /// Longest expiry (seconds) of a pre-auth key people create for themselves.
     pub own_key_max_expiry: u64,
+}
+
+/// What headgate tells the upstream about the person (`[headers]`).
+#[derive(Debug, Clone)]
+pub struct HeadersConfig {
+    /// The `aud` of the signed assertion (S15). Unset: the upstream's origin (see
+    /// [`crate::assertion::default_audience`]).
+    pub audience: Option<String>,
+    /// Seconds the signed assertion is valid (at most 300).
+    pub assertion_lifetime: u64,
 }
 
 /// S4: what a person's own pick of a Headscale user does.
@@ -262,6 +273,7 @@ impl Config {
         let headscale_t = take_section(&mut root, "headscale", &mut errors);
         let oidc_t = take_section(&mut root, "oidc", &mut errors);
         let onboarding_t = take_section(&mut root, "onboarding", &mut errors);
+        let headers_t = take_section(&mut root, "headers", &mut errors);
         for key in root.keys() {
             let mut msg = "unknown section".to_string();
             if let Some(s) = nearest(key, SECTIONS) {
@@ -323,6 +335,17 @@ impl Config {
             s.finish();
             r
         };
+        let headers = {
+            let mut s = Section::new(
+                "headers",
+                headers_t.unwrap_or_default(),
+                env_of("headers"),
+                &mut errors,
+            );
+            let r = read_headers(&mut s);
+            s.finish();
+            r
+        };
         if !errors.is_empty() {
             return Err(fail(errors));
         }
@@ -343,6 +366,7 @@ impl Config {
             headscale,
             oidc,
             onboarding,
+            headers,
             warnings: Vec::new(),
         };
         config.warnings = open_door_warnings(&config);
@@ -374,6 +398,9 @@ impl Config {
         collect("onboarding", &|s| {
             read_onboarding(s);
         });
+        collect("headers", &|s| {
+            read_headers(s);
+        });
         keys.sort();
         keys.dedup();
         keys
@@ -385,7 +412,14 @@ impl Config {
     }
 }
 
-const SECTIONS: &[&str] = &["server", "upstream", "headscale", "oidc", "onboarding"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "upstream",
+    "headscale",
+    "oidc",
+    "onboarding",
+    "headers",
+];
 
 /// Apply `HEADGATE_<SECTION>__<KEY>[__<SUBKEY>]` variables; returns, per section, the keys they set.
 fn apply_env_overrides(
@@ -670,6 +704,20 @@ fn read_onboarding(s: &mut Section<'_>) -> OnboardingConfig {
     OnboardingConfig {
         self_link,
         own_key_max_expiry,
+    }
+}
+
+fn read_headers(s: &mut Section<'_>) -> HeadersConfig {
+    let audience = s.non_empty_string("audience");
+    let assertion_lifetime = s.u64_in(
+        "assertion_lifetime",
+        60,
+        10,
+        crate::assertion::MAX_LIFETIME as u64,
+    );
+    HeadersConfig {
+        audience,
+        assertion_lifetime,
     }
 }
 
