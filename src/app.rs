@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
+use crate::assertion::Assertions;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::cookies::CookieSettings;
@@ -50,6 +51,8 @@ pub struct App {
     pub(crate) headscale: Option<Headscale>,
     pub(crate) redirects: RedirectPolicy,
     pub(crate) start_limiter: RateLimiter,
+    /// The signed assertion: keys, minting, the JWKS.
+    pub(crate) assertions: Assertions,
     /// The cookie path shared by the start and callback paths (flow cookies live there).
     pub(crate) flow_path: String,
     /// The upstream the gate forwards to (None: no `upstream.url`, or a mode the gate does not serve yet).
@@ -133,6 +136,8 @@ impl App {
         // plant one. The name tells flows apart.
         let _ = callback;
         let flow_path = "/".to_string();
+        let assertions = Assertions::new(&config, store.clone(), keys.clone(), random.clone());
+        assertions.load_blocking(clock.now());
         let app = App {
             config,
             store,
@@ -146,6 +151,7 @@ impl App {
             headscale,
             redirects,
             start_limiter: RateLimiter::new(30, 600, Duration::from_secs(60)),
+            assertions,
             flow_path,
             upstream,
             policy,
@@ -182,6 +188,11 @@ impl App {
         self.clock.now()
     }
 
+    /// The signed-assertion service (`X-Headgate-Assertion`, the JWKS).
+    pub fn assertions(&self) -> &Assertions {
+        &self.assertions
+    }
+
     /// Start the background work: last-seen batching, pruning expired sessions, API-key re-checks.
     pub fn spawn_background(self: &Arc<Self>, bg: Background) {
         tokio::spawn(crate::session::run_touch_batcher(
@@ -200,6 +211,19 @@ impl App {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(count = n, "pruned expired sessions"),
                     Err(e) => tracing::warn!(error = %e, "could not prune expired sessions"),
+                }
+            }
+        });
+        let app = self.clone();
+        tokio::spawn(async move {
+            // Keys changed by the CLI or another replica take effect; rotations and pruning happen when due.
+            let every = Duration::from_secs(crate::assertion::RELOAD_EVERY as u64);
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = app.assertions.refresh(app.now()).await {
+                    tracing::warn!(error = %e, "could not reload the assertion signing keys");
                 }
             }
         });
@@ -260,6 +284,9 @@ impl App {
         use crate::auth;
         match (&m, path) {
             (_, "/_headgate/healthz") => (healthz(), "healthz"),
+            (&Method::GET | &Method::HEAD, crate::assertion::JWKS_PATH) => {
+                (self.assertions.jwks_response(), "jwks")
+            }
             (&Method::GET | &Method::HEAD, crate::pages::STYLESHEET_PATH) => {
                 (stylesheet(), "static")
             }

@@ -60,6 +60,11 @@ pub enum Command {
         #[arg(long, value_name = "ID")]
         before: Option<u64>,
     },
+    /// The signing keys of the signed assertion (X-Headgate-Assertion): list, rotate, revoke.
+    Keys {
+        #[command(subcommand)]
+        cmd: crate::assertion::KeysCmd,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -185,6 +190,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Request::Audit { limit, before },
             json,
         ),
+        Command::Keys { cmd } => crate::assertion::run_cli(load(cli.config.as_deref(), &env)?, cmd)
+            .map_err(Failure::runtime),
     }
 }
 

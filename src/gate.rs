@@ -344,7 +344,20 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<
                 .starts_with("headgate_")
     };
     hygiene::strip_cookies(&mut parts.headers, own_cookie);
-    let identity = identity_of(app, session.as_ref(), link.as_ref(), now);
+    let identity = match identity_of(app, session.as_ref(), link.as_ref(), now) {
+        Ok(i) => i,
+        Err(e) => {
+            // No assertion, no forward: an upstream that verifies it must never see a request without one.
+            tracing::error!("cannot sign the identity assertion: {e}");
+            let r = respond::error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Temporarily unavailable",
+                "headgate cannot sign the identity it hands on.",
+                Some("Operators: see headgate's log (signing keys in the store)."),
+            );
+            return (r, out("error", "assertion"));
+        }
+    };
     hygiene::set_identity(&mut parts.headers, &app.identity_names, &identity);
     forward::preserve_host(&mut parts);
     forward::set_forwarded(&mut parts, conn.peer.ip(), conn.tls, trusted_peer);
@@ -427,9 +440,9 @@ pub fn identity_of(
     s: Option<&VerifiedSession>,
     link: Option<&crate::store::Link>,
     now: i64,
-) -> hygiene::Identity {
+) -> Result<hygiene::Identity, crate::assertion::MintError> {
     let mut id = hygiene::Identity::default();
-    let Some(s) = s else { return id };
+    let Some(s) = s else { return Ok(id) };
     match (s.user(), &s.record().subject) {
         (Some(u), _) => {
             id.user = u.subject.clone();
@@ -450,8 +463,13 @@ pub fn identity_of(
         }
         (None, SessionSubject::User(_)) => {}
     }
-    let _ = (app, now);
-    id
+    let claims = crate::assertion::AssertionClaims::for_session(s, link);
+    id.assertion = app.assertions().mint(
+        &claims,
+        &crate::assertion::default_audience(&app.config),
+        now,
+    )?;
+    Ok(id)
 }
 
 /// S20: an audit record for every allowed state-changing request, batched off the request path.

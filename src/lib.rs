@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod assertion;
 pub mod auth;
 pub mod check;
 pub mod cli;

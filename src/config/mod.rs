@@ -35,6 +35,7 @@ pub struct Config {
     pub oidc: Option<OidcConfig>,
     pub onboarding: OnboardingConfig,
     pub policy: PolicyConfig,
+    pub headers: HeadersConfig,
     /// Non-fatal findings (open-door defaults) shown by `serve` and `check-config`.
     pub warnings: Vec<String>,
 }
@@ -89,6 +90,16 @@ pub struct OnboardingConfig {
 #[derive(Debug, Clone, Default)]
 pub struct PolicyConfig {
     pub rules: Vec<crate::policy::Rule>,
+}
+
+/// What headgate tells the upstream about the person (`[headers]`).
+#[derive(Debug, Clone)]
+pub struct HeadersConfig {
+    /// The `aud` of the signed assertion (S15). Unset: the upstream's origin (see
+    /// [`crate::assertion::default_audience`]).
+    pub audience: Option<String>,
+    /// Seconds the signed assertion is valid (at most 300).
+    pub assertion_lifetime: u64,
 }
 
 /// S4: what a person's own pick of a Headscale user does.
@@ -280,6 +291,7 @@ impl Config {
         let oidc_t = take_section(&mut root, "oidc", &mut errors);
         let onboarding_t = take_section(&mut root, "onboarding", &mut errors);
         let policy_t = take_section(&mut root, "policy", &mut errors);
+        let headers_t = take_section(&mut root, "headers", &mut errors);
         for key in root.keys() {
             let mut msg = "unknown section".to_string();
             if let Some(s) = nearest(key, SECTIONS) {
@@ -352,6 +364,17 @@ impl Config {
             s.finish();
             r
         };
+        let headers = {
+            let mut s = Section::new(
+                "headers",
+                headers_t.unwrap_or_default(),
+                env_of("headers"),
+                &mut errors,
+            );
+            let r = read_headers(&mut s);
+            s.finish();
+            r
+        };
         if !errors.is_empty() {
             return Err(fail(errors));
         }
@@ -373,6 +396,7 @@ impl Config {
             oidc,
             onboarding,
             policy,
+            headers,
             warnings: Vec::new(),
         };
         config.warnings = open_door_warnings(&config);
@@ -410,6 +434,9 @@ impl Config {
         collect("policy.rule", &|s| {
             read_rule(s, HeadplaneLogin::ApiKey);
         });
+        collect("headers", &|s| {
+            read_headers(s);
+        });
         keys.sort();
         keys.dedup();
         keys
@@ -428,6 +455,7 @@ const SECTIONS: &[&str] = &[
     "oidc",
     "onboarding",
     "policy",
+    "headers",
 ];
 
 /// Apply `HEADGATE_<SECTION>__<KEY>[__<SUBKEY>]` variables; returns, per section, the keys they set.
@@ -784,6 +812,20 @@ fn read_rule(s: &mut Section<'_>, login: HeadplaneLogin) -> Option<crate::policy
             }
             None
         }
+    }
+}
+
+fn read_headers(s: &mut Section<'_>) -> HeadersConfig {
+    let audience = s.non_empty_string("audience");
+    let assertion_lifetime = s.u64_in(
+        "assertion_lifetime",
+        60,
+        10,
+        crate::assertion::MAX_LIFETIME as u64,
+    );
+    HeadersConfig {
+        audience,
+        assertion_lifetime,
     }
 }
 

@@ -17,7 +17,8 @@ mod redb;
 
 pub use records::{
     AuditEvent, Link, LinkOutcome, LinkState, NewAuditEvent, NewUser, OwnerBootstrap,
-    OwnerIdentity, Role, SessionKey, SessionRecord, SessionSubject, User, UserId,
+    OwnerIdentity, Role, SessionKey, SessionRecord, SessionSubject, SigningKey, SigningKeyState,
+    User, UserId,
 };
 
 use std::path::{Path, PathBuf};
@@ -297,6 +298,56 @@ impl Store {
     /// Delete every session with `expires <= now`; returns how many.
     pub async fn prune_expired(&self, now: i64) -> Result<u64, StoreError> {
         dispatch!(self.prune_expired(now))
+    }
+
+    // ----- signing keys of the signed assertion (S15) -----
+
+    /// Every signing key, by kid.
+    pub async fn signing_keys(&self) -> Result<Vec<SigningKey>, StoreError> {
+        dispatch!(self.signing_keys())
+    }
+
+    /// Store a new signing key; a taken kid → Conflict.
+    pub async fn put_signing_key(&self, key: SigningKey) -> Result<(), StoreError> {
+        dispatch!(self.put_signing_key(key))
+    }
+
+    /// Move a key to `state` at `now`, in one transaction, and return it as stored. Making a key `Current`
+    /// (only a `Next` key can be) retires the key that was current; `Retired` is reachable from `Next` and
+    /// `Current`; `Revoked` from any state, and erases the private key; a revoked key never changes again, and
+    /// nothing becomes `Next` again. A refused move → Conflict (nothing written); an unknown kid → NotFound.
+    /// Moving to the state a key already has changes nothing.
+    pub async fn set_signing_key_state(
+        &self,
+        kid: &str,
+        state: SigningKeyState,
+        now: i64,
+    ) -> Result<SigningKey, StoreError> {
+        dispatch!(self.set_signing_key_state(kid.to_string(), state, now))
+    }
+
+    /// Record when a running headgate first published the key (kept if already set); returns the key.
+    pub async fn mark_signing_key_published(
+        &self,
+        kid: &str,
+        now: i64,
+    ) -> Result<SigningKey, StoreError> {
+        dispatch!(self.mark_signing_key_published(kid.to_string(), now))
+    }
+
+    /// Replace the encrypted private key (re-encryption under a new `cookie_secret`). A revoked key keeps no
+    /// private key: → Conflict.
+    pub async fn reseal_signing_key(
+        &self,
+        kid: &str,
+        private_enc: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.reseal_signing_key(kid.to_string(), private_enc))
+    }
+
+    /// Delete a key (a retired key whose tokens have all expired); returns whether it existed.
+    pub async fn delete_signing_key(&self, kid: &str) -> Result<bool, StoreError> {
+        dispatch!(self.delete_signing_key(kid.to_string()))
     }
 
     // ----- audit -----

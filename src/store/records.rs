@@ -286,6 +286,86 @@ pub struct AuditEvent {
     pub detail: String,
 }
 
+/// Where a signing key of the signed assertion is in its life (S15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SigningKeyState {
+    /// Published in the JWKS, not signing yet (waits out the publish delay).
+    Next,
+    /// The one key that signs.
+    Current,
+    /// No longer signs; published until every token it signed has expired.
+    Retired,
+    /// Withdrawn at once: never published, never signs again; its private key is erased.
+    Revoked,
+}
+
+impl SigningKeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningKeyState::Next => "next",
+            SigningKeyState::Current => "current",
+            SigningKeyState::Retired => "retired",
+            SigningKeyState::Revoked => "revoked",
+        }
+    }
+}
+
+impl fmt::Display for SigningKeyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A signing key of the signed assertion, keyed by `kid`. The private key is stored encrypted by the caller
+/// (with a key derived from `cookie_secret`); its `Debug` output redacts it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKey {
+    pub kid: String,
+    pub created: i64,
+    pub state: SigningKeyState,
+    /// The public key as a JWK (JSON text).
+    pub public_jwk: String,
+    /// The encrypted private key; empty once revoked.
+    #[serde(with = "b64")]
+    pub private_enc: Vec<u8>,
+    /// When a running headgate first served it in the JWKS (the publish delay counts from here).
+    #[serde(default)]
+    pub published: Option<i64>,
+    /// When it started signing.
+    #[serde(default)]
+    pub activated: Option<i64>,
+    /// When it stopped signing.
+    #[serde(default)]
+    pub retired: Option<i64>,
+    /// When it was revoked.
+    #[serde(default)]
+    pub revoked: Option<i64>,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("created", &self.created)
+            .field("state", &self.state)
+            .field("public_jwk", &self.public_jwk)
+            .field(
+                "private_enc",
+                &if self.private_enc.is_empty() {
+                    "<none>"
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("published", &self.published)
+            .field("activated", &self.activated)
+            .field("retired", &self.retired)
+            .field("revoked", &self.revoked)
+            .finish()
+    }
+}
+
 mod hex {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
@@ -322,6 +402,22 @@ mod hex {
             let s = String::deserialize(d)?;
             super::decode32(&s).ok_or_else(|| D::Error::custom("expected 64 hex digits"))
         }
+    }
+}
+
+mod b64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD_NO_PAD;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD_NO_PAD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        STANDARD_NO_PAD
+            .decode(String::deserialize(d)?)
+            .map_err(D::Error::custom)
     }
 }
 
@@ -429,6 +525,27 @@ mod tests {
         let d = format!("{r:?}");
         assert!(!d.contains("SECRET") && !d.contains("83, 69"), "{d}");
         assert!(d.contains("<redacted>") && d.contains("sid"), "{d}");
+    }
+
+    #[test]
+    fn signing_key_round_trips_and_debug_redacts_the_private_key() {
+        let k = SigningKey {
+            kid: "k1".into(),
+            created: 1,
+            state: SigningKeyState::Next,
+            public_jwk: "{}".into(),
+            private_enc: b"SECRETBYTES".to_vec(),
+            published: Some(2),
+            activated: None,
+            retired: None,
+            revoked: None,
+        };
+        let j = serde_json::to_string(&k).unwrap();
+        assert!(j.contains("\"state\":\"next\""), "{j}");
+        assert!(!j.contains("SECRETBYTES"), "{j}");
+        assert_eq!(serde_json::from_str::<SigningKey>(&j).unwrap(), k);
+        let d = format!("{k:?}");
+        assert!(!d.contains("SECRET") && d.contains("<redacted>"), "{d}");
     }
 
     #[test]

@@ -30,7 +30,6 @@ use std::sync::Arc;
 //
 // Later tables follow the same pattern (a const here, a line in `ALL_TABLES`, a schema bump whose migration
 // step creates them):
-//   signing_keys:  &str (key id)               → record (encrypted private key, created, retired)
 //   rate_limits:   &str (bucket, e.g. "apikey-fail/<ip>") → record (window start, count)
 //   replay:        (&str kind, &str id)        → i64 expiry (back-channel logout `jti`s), pruned by expiry
 
@@ -63,7 +62,10 @@ const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// `<scope>:<client>` → the unix times of recent failures (rate limits that must hold across replicas, S14).
 const RATE_LIMITS: TableDefinition<&str, &[u8]> = TableDefinition::new("rate_limits");
 
-const ALL_TABLES: [&str; 10] = [
+/// kid → [`SigningKey`] (the signed assertion's keys, private parts encrypted by the caller, S15)
+const SIGNING_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("signing_keys");
+
+const ALL_TABLES: [&str; 11] = [
     "meta",
     "users",
     "users_by_subject",
@@ -74,6 +76,7 @@ const ALL_TABLES: [&str; 10] = [
     "sessions_by_expiry",
     "audit",
     "rate_limits",
+    "signing_keys",
 ];
 
 fn create_tables(txn: &WriteTransaction) -> Result<(), Fail> {
@@ -87,6 +90,7 @@ fn create_tables(txn: &WriteTransaction) -> Result<(), Fail> {
     txn.open_table(SESSIONS_BY_EXPIRY)?;
     txn.open_table(AUDIT)?;
     txn.open_table(RATE_LIMITS)?;
+    txn.open_table(SIGNING_KEYS)?;
     Ok(())
 }
 
@@ -858,6 +862,124 @@ impl RedbStore {
         .await
     }
 
+    // ----- signing keys -----
+
+    pub(super) async fn signing_keys(&self) -> Result<Vec<SigningKey>, StoreError> {
+        self.read_blocking(|txn| all_signing_keys(&txn.open_table(SIGNING_KEYS)?))
+            .await
+    }
+
+    pub(super) async fn put_signing_key(&self, key: SigningKey) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            let mut t = txn.open_table(SIGNING_KEYS)?;
+            if t.get(key.kid.as_str())?.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "signing key {} already exists",
+                    key.kid
+                ))
+                .into());
+            }
+            t.insert(key.kid.as_str(), encode(&key).as_slice())?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn set_signing_key_state(
+        &self,
+        kid: String,
+        state: SigningKeyState,
+        now: i64,
+    ) -> Result<SigningKey, StoreError> {
+        use SigningKeyState as S;
+        self.write(move |txn| {
+            let mut t = txn.open_table(SIGNING_KEYS)?;
+            let mut key = get_signing_key(&t, &kid)?.ok_or_else(|| signing_key_not_found(&kid))?;
+            if key.state == state {
+                return Ok(key);
+            }
+            let refuse = |why: &str| {
+                Err(Fail::Store(StoreError::Conflict(format!(
+                    "signing key {kid} is {}: {why}",
+                    key.state
+                ))))
+            };
+            match (key.state, state) {
+                (S::Revoked, _) => return refuse("a revoked key never comes back"),
+                (_, S::Next) => return refuse("only a new key waits to sign"),
+                (S::Retired, S::Current) => return refuse("a retired key never signs again"),
+                (_, S::Current) => {
+                    for other in all_signing_keys(&t)? {
+                        if other.state == S::Current && other.kid != kid {
+                            let mut other = other;
+                            other.state = S::Retired;
+                            other.retired = Some(now);
+                            t.insert(other.kid.as_str(), encode(&other).as_slice())?;
+                        }
+                    }
+                    key.activated = Some(now);
+                    key.published.get_or_insert(now);
+                }
+                (_, S::Retired) => key.retired = Some(now),
+                (_, S::Revoked) => {
+                    key.private_enc = Vec::new();
+                    key.revoked = Some(now);
+                }
+            }
+            key.state = state;
+            t.insert(kid.as_str(), encode(&key).as_slice())?;
+            Ok(key)
+        })
+        .await
+    }
+
+    pub(super) async fn mark_signing_key_published(
+        &self,
+        kid: String,
+        now: i64,
+    ) -> Result<SigningKey, StoreError> {
+        self.write(move |txn| {
+            let mut t = txn.open_table(SIGNING_KEYS)?;
+            let mut key = get_signing_key(&t, &kid)?.ok_or_else(|| signing_key_not_found(&kid))?;
+            if key.published.is_none() {
+                key.published = Some(now);
+                t.insert(kid.as_str(), encode(&key).as_slice())?;
+            }
+            Ok(key)
+        })
+        .await
+    }
+
+    pub(super) async fn reseal_signing_key(
+        &self,
+        kid: String,
+        private_enc: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            let mut t = txn.open_table(SIGNING_KEYS)?;
+            let mut key = get_signing_key(&t, &kid)?.ok_or_else(|| signing_key_not_found(&kid))?;
+            if key.state == SigningKeyState::Revoked {
+                return Err(StoreError::Conflict(format!(
+                    "signing key {kid} is revoked and keeps no private key"
+                ))
+                .into());
+            }
+            key.private_enc = private_enc;
+            t.insert(kid.as_str(), encode(&key).as_slice())?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn delete_signing_key(&self, kid: String) -> Result<bool, StoreError> {
+        self.write(move |txn| {
+            let mut t = txn.open_table(SIGNING_KEYS)?;
+            let removed = t.remove(kid.as_str())?.is_some();
+            Ok(removed)
+        })
+        .await
+    }
+
     // ----- audit -----
 
     pub(super) async fn append_audit(&self, events: Vec<NewAuditEvent>) -> Result<(), StoreError> {
@@ -997,6 +1119,33 @@ fn all_users(users: &impl ReadableTable<u64, &'static [u8]>) -> Result<Vec<User>
         out.push(decode(v.value(), || format!("user {}", k.value()))?);
     }
     Ok(out)
+}
+
+fn get_signing_key(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    kid: &str,
+) -> Result<Option<SigningKey>, Fail> {
+    match t.get(kid)? {
+        Some(g) => Ok(Some(decode(g.value(), || format!("signing key {kid:?}"))?)),
+        None => Ok(None),
+    }
+}
+
+fn all_signing_keys(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<SigningKey>, Fail> {
+    let mut out = Vec::new();
+    for row in t.range::<&str>(..)? {
+        let (k, v) = row?;
+        out.push(decode(v.value(), || {
+            format!("signing key {:?}", k.value())
+        })?);
+    }
+    Ok(out)
+}
+
+fn signing_key_not_found(kid: &str) -> Fail {
+    Fail::Store(StoreError::NotFound(format!("signing key {kid}")))
 }
 
 fn get_link(

@@ -102,6 +102,23 @@ async fn identity_headers_are_set_and_client_copies_never_arrive() {
         Some(format!("127.0.0.1:{}", e.site.port).as_str()),
         "Host preserved"
     );
+    // The signed assertion replaces the forged one and verifies with the served JWKS for the upstream's audience.
+    let token = seen
+        .header("x-headgate-assertion")
+        .expect("an assertion")
+        .to_string();
+    assert!(token != "eyJforged" && seen.header_all("x-headgate-assertion").len() == 1);
+    let jwks = owner
+        .get(e.site.url("/_headgate/jwks.json"))
+        .await
+        .text()
+        .to_string();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = headgate::assertion::verify(&jwks, &token, &e.site.base(), &e.echo.url(), now)
+        .unwrap_or_else(|err| panic!("the assertion does not verify: {err:?}"));
+    let c = serde_json::to_value(&claims).unwrap();
+    assert_eq!(c["sub"], "owner-sub", "{c}");
+    assert_eq!(c["role"], "owner", "{c}");
     // Signed-in answers are private.
     assert_eq!(
         r.header("cache-control").as_deref(),

@@ -5,6 +5,7 @@
 mod harness;
 
 mod api_key_login;
+mod assertion;
 mod check_config;
 mod cli;
 mod config;
