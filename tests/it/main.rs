@@ -9,6 +9,7 @@ mod check_config;
 mod cli;
 mod config;
 mod fake_headscale;
+mod headplane_double;
 mod identity;
 mod idp;
 mod serve;
