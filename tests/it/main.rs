@@ -11,6 +11,7 @@ mod cli;
 mod config;
 mod fake_headscale;
 mod gate;
+mod headplane_double;
 mod identity;
 mod idp;
 mod login_page;

@@ -1,5 +1,5 @@
 //! Building blocks the tests share: child processes, the real test IdP, a browser that plays a person, a
-//! rogue token endpoint, a fake Headscale and an echo upstream.
+//! rogue token endpoint, a fake Headscale, a Headplane double and an echo upstream.
 
 #![allow(dead_code)]
 
@@ -7,6 +7,7 @@ pub mod browser;
 pub mod echo;
 pub mod fake_headscale;
 pub mod headgate;
+pub mod headplane;
 pub mod idp;
 pub mod inproc;
 pub mod process;
