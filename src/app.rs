@@ -57,6 +57,7 @@ pub struct App {
     pub(crate) flow_path: String,
     /// The upstream the gate forwards to (None: no `upstream.url`, or a mode the gate does not serve yet).
     pub(crate) upstream: Option<crate::proxy::forward::Upstream>,
+    pub(crate) bridge: Option<crate::proxy::bridge::Bridge>,
     pub(crate) policy: crate::policy::Policy,
     pub(crate) identity_names: crate::proxy::hygiene::IdentityNames,
     audit_tx: mpsc::Sender<crate::store::NewAuditEvent>,
@@ -95,13 +96,33 @@ impl App {
         let (touch_tx, touch_rx) = mpsc::channel(4096);
         let (refresh_tx, refresh_rx) = mpsc::channel(1024);
         let (audit_tx, audit_rx) = mpsc::channel(8192);
-        // The gate serves `proxy_auth` and `none` today; the API-key bridge (the default mode) comes with
-        // its Headplane session handling.
-        let upstream = match (&config.upstream.url, config.upstream.headplane_login) {
-            (
-                Some(u),
-                crate::config::HeadplaneLogin::ProxyAuth | crate::config::HeadplaneLogin::None,
-            ) => Some(crate::proxy::forward::Upstream::new(u)),
+        let upstream = config
+            .upstream
+            .url
+            .as_ref()
+            .map(crate::proxy::forward::Upstream::new);
+        let bridge = match (
+            &upstream,
+            config.upstream.headplane_login,
+            &config.headscale,
+        ) {
+            (Some(u), crate::config::HeadplaneLogin::ApiKey, Some(h)) => {
+                let host = config
+                    .server
+                    .base_url
+                    .host_str()
+                    .unwrap_or("localhost")
+                    .to_string();
+                let host = match config.server.base_url.port() {
+                    Some(p) => format!("{host}:{p}"),
+                    None => host,
+                };
+                Some(crate::proxy::bridge::Bridge::new(
+                    u.clone(),
+                    h.api_key.clone(),
+                    host,
+                ))
+            }
             _ => None,
         };
         let policy = crate::policy::Policy::from_config(&config);
@@ -154,6 +175,7 @@ impl App {
             assertions,
             flow_path,
             upstream,
+            bridge,
             policy,
             identity_names: crate::proxy::hygiene::IdentityNames::default(),
             audit_tx,

@@ -1,4 +1,5 @@
 //! Forwarding to the upstream: header hygiene, identity headers, streaming, upgrades, the API-key bridge.
 
+pub mod bridge;
 pub mod forward;
 pub mod hygiene;
