@@ -257,6 +257,17 @@ impl App {
             loop {
                 tick.tick().await;
                 crate::auth::api_key::recheck_sessions(&app).await;
+                // Headplane 0.7 can keep serving stale data after headgate's key is revoked: check the key
+                // itself and drop the bridge session when Headscale no longer accepts it.
+                if let (Some(bridge), Some(hs)) = (&app.bridge, &app.headscale)
+                    && let Err(crate::headscale::HeadscaleError::InvalidKey) = hs.check_key().await
+                {
+                    tracing::error!(
+                        "headscale.api_key is no longer accepted by Headscale: the bridge session is dropped; \
+                         create a new key with `headscale apikeys create --expiration 90d`"
+                    );
+                    bridge.reset();
+                }
             }
         });
         if let Some(rp) = &self.rp {

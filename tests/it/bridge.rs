@@ -189,3 +189,48 @@ async fn a_post_is_never_replayed_after_renewal() {
     assert_eq!(p.status(), 200, "{}", p.text());
     assert_eq!(e.hp.logins(), 2);
 }
+
+#[tokio::test]
+async fn a_revoked_bridge_key_fails_closed_even_when_headplane_serves_stale_data() {
+    let site = Site::new();
+    let rogue = RogueIdp::start();
+    let hs = FakeHeadscale::start();
+    let hp = FakeHeadplane::builder(&hs.url())
+        .version(Version::V07)
+        .stale_data(true)
+        .start();
+    let _hg = site
+        .config(Some(&hs))
+        .server("api_key_recheck_interval", "1")
+        .section(format!("[upstream]\nurl = \"{}\"", hp.url()))
+        .section(oidc_section(rogue.issuer(), ""))
+        .start();
+    rogue.set_subject("owner-sub");
+    let b = Browser::new();
+    let to_idp = b.get(site.url("/admin/oidc/start")).await;
+    let back = b.get(to_idp.location().unwrap().as_str()).await;
+    b.get(back.location().unwrap().as_str()).await;
+    assert_eq!(
+        b.get_with(site.url("/admin/machines"), &[("accept", "text/html")])
+            .await
+            .status(),
+        200
+    );
+    hs.revoke_api_key(&hs.admin_key());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let p = b
+            .get(site.url("/admin/machines.data?_routes=routes%2Fmachines%2Foverview"))
+            .await;
+        if p.status() == 502 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still served with a revoked key: {} {}",
+            p.status(),
+            p.text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
