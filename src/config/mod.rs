@@ -116,6 +116,8 @@ pub struct UpstreamConfig {
     pub headplane_login: HeadplaneLogin,
     /// Upstream `Set-Cookie` names that may reach the browser (`_hp_auth` never).
     pub pass_cookies: Vec<String>,
+    /// Allow `proxy_auth` header mode to a non-loopback upstream (S11).
+    pub allow_remote_header_mode: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -703,12 +705,16 @@ fn read_server(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<Ser
 
 fn read_upstream(s: &mut Section<'_>) -> UpstreamConfig {
     let url = s.string("url").and_then(|v| match Url::parse(&v) {
-        Ok(u) if (u.scheme() == "http" && u.host().is_some()) || u.scheme() == "unix" => Some(u),
-        Ok(_) => {
+        Ok(u) if u.scheme() == "http" && u.host().is_some() => Some(u),
+        Ok(u) if u.scheme() == "unix" => {
             s.error(
                 "url",
-                format!("{v:?} must be http://host:port or unix:/path/to/socket"),
+                format!("{v:?}: unix-socket upstreams are not supported yet; use http://127.0.0.1:<port>"),
             );
+            None
+        }
+        Ok(_) => {
+            s.error("url", format!("{v:?} must be http://host:port"));
             None
         }
         Err(e) => {
@@ -728,9 +734,32 @@ fn read_upstream(s: &mut Section<'_>) -> UpstreamConfig {
             HeadplaneLogin::ApiKey
         }
     };
+    let allow_remote_header_mode = s.bool("allow_remote_header_mode", false);
+    // S11: Headplane trusts Remote-User from its peer, so in header mode that peer must be headgate on the
+    // same host (loopback), unless the operator says the network path is private.
+    if headplane_login == HeadplaneLogin::ProxyAuth
+        && !allow_remote_header_mode
+        && let Some(u) = &url
+    {
+        let loopback = match u.host() {
+            Some(url::Host::Ipv4(a)) => a.is_loopback(),
+            Some(url::Host::Ipv6(a)) => a.is_loopback(),
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => false,
+        };
+        if !loopback {
+            s.error(
+                "url",
+                "with headplane_login = \"proxy_auth\" Headplane trusts identity headers from its peer: run it on \
+                 loopback next to headgate (e.g. http://127.0.0.1:3000), or set upstream.allow_remote_header_mode = \
+                 true if only headgate can reach it",
+            );
+        }
+    }
     UpstreamConfig {
         url,
         headplane_login,
+        allow_remote_header_mode,
         pass_cookies: {
             let list = s
                 .string_list("pass_cookies")
@@ -1052,6 +1081,16 @@ fn parse_origin(v: &str) -> Result<Url, String> {
 /// cookie_secure-over-plain-HTTP trap.
 fn open_door_warnings(c: &Config) -> Vec<String> {
     let mut w = Vec::new();
+    if c.upstream.url.is_some()
+        && c.upstream.headplane_login == HeadplaneLogin::ApiKey
+        && c.headscale.is_none()
+    {
+        w.push(
+            "upstream.headplane_login = \"api_key\" (the default) signs in to Headplane with headscale.api_key, but \
+             there is no [headscale] section: Headplane will see no session; add [headscale] or choose another mode"
+                .into(),
+        );
+    }
     if let Some(o) = &c.oidc {
         if o.allowed_email_domains.is_empty()
             && o.allowed_groups.is_empty()

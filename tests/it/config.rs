@@ -104,7 +104,7 @@ token_endpoint_auth_method = "private_key_jwt"
         ("server.listen", "not an address:port"),
         ("server.log_format", "\"human\" or \"json\""),
         ("server.tls_key_path", "missing"),
-        ("upstream.url", "http://host:port or unix:"),
+        ("upstream.url", "must be http://host:port"),
         ("headscale.url", "missing"),
         ("headscale.public_url", "not a URL"),
         ("headscale.api_key", "missing"),
@@ -579,4 +579,35 @@ fn allowed_hosts_are_lower_case_host_and_port() {
         );
     }
     assert!(parse(&minimal()).unwrap().server.allowed_hosts.is_empty());
+}
+
+#[test]
+fn header_mode_only_to_loopback_unless_allowed() {
+    let with = |upstream: &str| format!("{}[upstream]\n{upstream}\n", minimal());
+    let errs = errors(
+        &with("url = \"http://headplane:3000\"\nheadplane_login = \"proxy_auth\""),
+        &HashMap::new(),
+    );
+    assert!(
+        has(&errs, "upstream.url", "allow_remote_header_mode"),
+        "{errs:#?}"
+    );
+    for ok in [
+        "url = \"http://127.0.0.1:3000\"\nheadplane_login = \"proxy_auth\"",
+        "url = \"http://[::1]:3000\"\nheadplane_login = \"proxy_auth\"",
+        "url = \"http://localhost:3000\"\nheadplane_login = \"proxy_auth\"",
+        "url = \"http://headplane:3000\"\nheadplane_login = \"proxy_auth\"\nallow_remote_header_mode = true",
+        "url = \"http://headplane:3000\"\nheadplane_login = \"none\"",
+    ] {
+        parse(&with(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    // Unix sockets are refused with the way out, not silently mapped to TCP.
+    let errs = errors(&with("url = \"unix:/run/headplane.sock\""), &HashMap::new());
+    assert!(has(&errs, "upstream.url", "not supported yet"), "{errs:#?}");
+    // The bridge without [headscale] is warned about.
+    let w = parse(&with("url = \"http://127.0.0.1:3000\""))
+        .unwrap()
+        .warnings
+        .join("\n");
+    assert!(w.contains("no [headscale] section"), "{w}");
 }
