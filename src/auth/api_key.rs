@@ -267,6 +267,24 @@ pub async fn login(app: &App, req: Request<hyper::body::Incoming>, conn: Conn) -
         Ok(_) => {}
         Err(e) => return super::store_failure(&e),
     }
+    // Count this attempt as a failure before checking the key (one write transaction increments and
+    // counts), so parallel posts cannot all slip past the limit; a success clears the count.
+    match app
+        .store
+        .record_failure(&limit_key, now, FAILURE_WINDOW_SECS)
+        .await
+    {
+        Ok(n) if n > MAX_FAILURES => {
+            return form_page(
+                app,
+                "Too many failed attempts: try again in 10 minutes",
+                rd.as_deref(),
+                StatusCode::TOO_MANY_REQUESTS,
+            );
+        }
+        Ok(_) => {}
+        Err(e) => return super::store_failure(&e),
+    }
     let refusal = match field("api_key") {
         None => Err(Refusal::Missing),
         Some(k) if k.trim().is_empty() => Err(Refusal::Empty),
@@ -278,13 +296,6 @@ pub async fn login(app: &App, req: Request<hyper::body::Incoming>, conn: Conn) -
     let (key, (prefix, key_expires)) = match refusal {
         Ok(v) => v,
         Err(r) => {
-            if let Err(e) = app
-                .store
-                .record_failure(&limit_key, now, FAILURE_WINDOW_SECS)
-                .await
-            {
-                return super::store_failure(&e);
-            }
             tracing::info!(peer = %conn.peer, reason = r.message(), "API-key sign-in refused");
             return form_page(app, r.message(), rd.as_deref(), StatusCode::OK);
         }

@@ -224,3 +224,56 @@ async fn repeated_failures_are_rate_limited() {
     assert!(r.text().contains("Too many failed attempts"));
     assert_eq!(whoami(&b, &site).await.0, 401);
 }
+
+#[tokio::test]
+async fn parallel_failures_cannot_slip_past_the_limit() {
+    let hs = FakeHeadscale::start();
+    let good = hs.add_api_key(Some(OffsetDateTime::now_utc() + time::Duration::hours(2)));
+    // A slow Headscale widens the window between the limit check and the key check.
+    hs.delay(Duration::from_millis(300));
+    let (site, _hg) = start(&hs, &[], None);
+    let b = std::sync::Arc::new(Browser::new());
+    let page = b.get(site.url("/admin/login")).await;
+    let form = page
+        .forms()
+        .into_iter()
+        .find(|f| f.get("csrf").is_some())
+        .unwrap();
+    let csrf = form.get("csrf").unwrap().to_string();
+    let mut tasks = Vec::new();
+    for _ in 0..25 {
+        let (b2, url, csrf, origin) = (
+            b.clone(),
+            site.url("/admin/login"),
+            csrf.clone(),
+            site.base(),
+        );
+        tasks.push(tokio::spawn(async move {
+            b2.request(
+                reqwest::Method::POST,
+                &url,
+                Some(vec![
+                    ("api_key".into(), "hskey-api-ZZZZZZZZZZZZ-0000000000000000000000000000000000000000000000000000000000000000".into()),
+                    ("csrf".into(), csrf),
+                ]),
+                &[("origin", &origin)],
+                None,
+            )
+            .await
+            .status()
+        }));
+    }
+    let mut refused_by_limit = 0;
+    for t in tasks {
+        if t.await.unwrap() == 429 {
+            refused_by_limit += 1;
+        }
+    }
+    assert!(
+        refused_by_limit >= 15,
+        "only {refused_by_limit} of 25 parallel bad posts hit the limit of 10"
+    );
+    hs.delay(Duration::from_millis(0));
+    let r = submit_key(&b, &site, &good).await;
+    assert_eq!(r.status(), 429, "the limit holds for the good key too");
+}
