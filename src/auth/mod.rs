@@ -473,6 +473,24 @@ pub async fn logout(app: &App, req: &Request<hyper::body::Incoming>) -> Response
             }
             tracing::info!("signed out");
         }
+        Ok(Lookup::Ambiguous) => {
+            // S6: two session cookies are refused with 401 and cleared; at logout every session they name
+            // ends too, since there is no telling which one the person meant.
+            for value in crate::cookies::values(req.headers(), &app.sessions.cookie_name()) {
+                if let Some(key) = app.sessions.verify_cookie(value)
+                    && let Err(e) = app.sessions.delete(&key).await
+                {
+                    return store_failure(&e);
+                }
+            }
+            let r = respond::error_page(
+                StatusCode::UNAUTHORIZED,
+                "Signed out",
+                "Your browser sent two session cookies; both sessions have been ended.",
+                Some("Sign in again."),
+            );
+            return respond::with_cookies(r, &[app.sessions.clear_cookie()]);
+        }
         Err(e) => return store_failure(e),
         _ => {}
     }

@@ -390,3 +390,34 @@ async fn sessions_expire_after_cookie_max_age() {
     hg.clock.advance(86400 + 1);
     assert_eq!(b.get(hg.url("/_headgate/whoami")).await.status(), 401);
 }
+
+#[tokio::test]
+async fn logout_with_two_session_cookies_ends_both() {
+    let (site, _rogue, _hg) = rogue_stack();
+    let a = Browser::new();
+    rogue_sign_in(&a, &site, None).await;
+    let b = Browser::new();
+    rogue_sign_in(&b, &site, None).await;
+    let ca = a.cookie(&site.base(), "headgate_session").unwrap();
+    let cb = b.cookie(&site.base(), "headgate_session").unwrap();
+    let both = format!("headgate_session={ca}; headgate_session={cb}");
+    let r = Browser::new()
+        .request(
+            reqwest::Method::POST,
+            &site.url("/admin/logout"),
+            None,
+            &[("origin", &site.base()), ("cookie", &both)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.set_cookies()
+            .iter()
+            .any(|c| c.starts_with("headgate_session=;")),
+        "{:?}",
+        r.set_cookies()
+    );
+    assert_eq!(a.get(site.url("/_headgate/whoami")).await.status(), 401);
+    assert_eq!(b.get(site.url("/_headgate/whoami")).await.status(), 401);
+}
