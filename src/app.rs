@@ -229,6 +229,13 @@ impl App {
             let mut tick = tokio::time::interval(Duration::from_secs(300));
             loop {
                 tick.tick().await;
+                if let Err(e) = app
+                    .store
+                    .prune_rate_limits(app.now(), crate::auth::api_key::FAILURE_WINDOW_SECS)
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not prune rate-limit counters");
+                }
                 match app.store.prune_expired(app.now()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(count = n, "pruned expired sessions"),

@@ -291,6 +291,11 @@ impl Store {
         dispatch!(self.failures(key, now, window))
     }
 
+    /// Drop rate-limit rows whose every entry is older than `window` seconds.
+    pub async fn prune_rate_limits(&self, now: i64, window: i64) -> Result<u64, StoreError> {
+        dispatch!(self.prune_rate_limits(now, window))
+    }
+
     pub async fn clear_failures(&self, key: &str) -> Result<(), StoreError> {
         dispatch!(self.clear_failures(key.to_string()))
     }

@@ -837,6 +837,26 @@ impl RedbStore {
         })
     }
 
+    /// Delete rate-limit rows with no entry newer than `now - window` (bounded growth, S14).
+    pub(super) async fn prune_rate_limits(&self, now: i64, window: i64) -> Result<u64, StoreError> {
+        self.write(move |txn| {
+            let mut t = txn.open_table(RATE_LIMITS)?;
+            let mut stale = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                let times: Vec<i64> = serde_json::from_slice(v.value()).unwrap_or_default();
+                if times.iter().all(|x| *x <= now - window) {
+                    stale.push(k.value().to_string());
+                }
+            }
+            for k in &stale {
+                t.remove(k.as_str())?;
+            }
+            Ok(stale.len() as u64)
+        })
+        .await
+    }
+
     /// Forget the failures of `key` (after a success).
     pub(super) async fn clear_failures(&self, key: String) -> Result<(), StoreError> {
         self.write(move |txn| {

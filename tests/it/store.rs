@@ -1088,3 +1088,61 @@ async fn kill9_child_writer() {
         println!("ACK {i}");
     }
 }
+
+#[tokio::test]
+async fn rate_limit_counters_count_within_the_window_and_are_pruned() {
+    let dir = harness::tempdir();
+    let store = open(&dir.path().join("s.redb"));
+    for t in [100, 200, 300] {
+        store
+            .record_failure("api_key_login:10.0.0.1", t, 600)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .failures("api_key_login:10.0.0.1", 300, 600)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        store
+            .failures("api_key_login:10.0.0.1", 750, 600)
+            .await
+            .unwrap(),
+        2,
+        "t=200 and t=300 are within 600 s of 750"
+    );
+    store
+        .record_failure("api_key_login:10.0.0.2", 1000, 600)
+        .await
+        .unwrap();
+    // At 1000 the first client's newest failure (300) is older than the window: its row goes, the other stays.
+    assert_eq!(store.prune_rate_limits(1000, 600).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .failures("api_key_login:10.0.0.1", 1000, 600)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .failures("api_key_login:10.0.0.2", 1000, 600)
+            .await
+            .unwrap(),
+        1
+    );
+    store
+        .clear_failures("api_key_login:10.0.0.2")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .failures("api_key_login:10.0.0.2", 1000, 600)
+            .await
+            .unwrap(),
+        0
+    );
+}
