@@ -53,8 +53,6 @@ pub struct App {
     pub(crate) start_limiter: RateLimiter,
     /// The signed assertion: keys, minting, the JWKS.
     pub(crate) assertions: Assertions,
-    /// The cookie path shared by the start and callback paths (flow cookies live there).
-    pub(crate) flow_path: String,
     /// The upstream the gate forwards to (None: no `upstream.url`, or a mode the gate does not serve yet).
     pub(crate) upstream: Option<crate::proxy::forward::Upstream>,
     pub(crate) bridge: Option<crate::proxy::bridge::Bridge>,
@@ -148,15 +146,6 @@ impl App {
             &config.server.base_url,
             &config.server.allowed_redirect_domains,
         );
-        let callback = config
-            .oidc
-            .as_ref()
-            .map(|o| o.callback_path.clone())
-            .unwrap_or_else(|| "/admin/oidc/callback".into());
-        // Path=/ so flow cookies can carry the __Host- prefix when secure (S6): no sibling subdomain can
-        // plant one. The name tells flows apart.
-        let _ = callback;
-        let flow_path = "/".to_string();
         let assertions = Assertions::new(&config, store.clone(), keys.clone(), random.clone());
         assertions.load_blocking(clock.now());
         let app = App {
@@ -173,7 +162,6 @@ impl App {
             redirects,
             start_limiter: RateLimiter::new(30, 600, Duration::from_secs(60)),
             assertions,
-            flow_path,
             upstream,
             bridge,
             policy,
@@ -277,10 +265,9 @@ impl App {
                 }
             }
         });
-        if let Some(rp) = &self.rp {
+        if self.rp.is_some() {
             // Warm the discovery cache so the first login page offers SSO at once.
             let app = self.clone();
-            let _ = rp;
             tokio::spawn(async move {
                 if let Some(rp) = &app.rp
                     && let Err(e) = rp.endpoints().await

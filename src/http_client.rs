@@ -113,7 +113,7 @@ impl HttpClient {
         match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(HttpError::Timeout {
-                origin: origin_of_str(&origin),
+                origin,
                 secs: timeout.as_secs().max(1),
             }),
         }
@@ -171,10 +171,6 @@ fn origin_of(uri: &http::Uri) -> String {
         (Some(s), Some(a)) => format!("{s}://{a}"),
         _ => "the server".to_string(),
     }
-}
-
-fn origin_of_str(s: &str) -> String {
-    s.to_string()
 }
 
 /// A URL for messages: no query (it may hold a code or a token).

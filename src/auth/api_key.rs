@@ -131,25 +131,22 @@ fn hs_own_key(app: &App) -> &str {
 }
 
 fn form_page(app: &App, error: &str, rd: Option<&str>, status: StatusCode) -> Response<Body> {
-    let csrf_value = csrf::new_cookie_value(&*app.random);
-    let token = csrf::token_for(&app.keys, &csrf_value);
     let sso = match &app.rp {
         None => pages::login::Sso::NotConfigured,
         Some(_) => pages::login::Sso::Available,
     };
-    let html = pages::login::render(&pages::login::LoginPage {
+    let page = pages::login::LoginPage {
         sso,
         api_key_form: true,
         status: None,
         api_key_error: Some(error),
         warnings: &[],
         return_target: rd,
-        csrf_token: &token,
+        csrf_token: "",
         start_path: START_PATH,
         login_path: LOGIN_PATH,
-    });
-    let set = app.cookies.set(csrf::COOKIE_BASE, &csrf_value, "/", None);
-    respond::with_cookies(respond::page(status, html), &[set])
+    };
+    super::login_response(app, page, status)
 }
 
 /// `POST /admin/login` and `/admin/login.data`.

@@ -121,8 +121,6 @@ pub async fn login_page(
                 .to_string(),
         );
     }
-    let csrf_value = csrf::new_cookie_value(&*app.random);
-    let token = csrf::token_for(&app.keys, &csrf_value);
     let reason;
     let sso_state = match (&app.rp, &sso) {
         (None, _) => pages::login::Sso::NotConfigured,
@@ -133,19 +131,34 @@ pub async fn login_page(
         }
     };
     let rd = (target.as_str() != "/admin/").then_some(target.as_str());
-    let html = pages::login::render(&pages::login::LoginPage {
+    let page = pages::login::LoginPage {
         sso: sso_state,
         api_key_form,
         status: status.as_deref(),
         api_key_error: None,
         warnings: &warnings,
         return_target: rd,
-        csrf_token: &token,
+        csrf_token: "",
         start_path: START_PATH,
         login_path: LOGIN_PATH,
+    };
+    login_response(app, page, StatusCode::OK)
+}
+
+/// The login page with a fresh CSRF cookie and its form token (S8); `page` carries everything else.
+pub(crate) fn login_response(
+    app: &App,
+    page: pages::login::LoginPage<'_>,
+    status: StatusCode,
+) -> Response<Body> {
+    let csrf_value = csrf::new_cookie_value(&*app.random);
+    let token = csrf::token_for(&app.keys, &csrf_value);
+    let html = pages::login::render(&pages::login::LoginPage {
+        csrf_token: &token,
+        ..page
     });
     let set = app.cookies.set(csrf::COOKIE_BASE, &csrf_value, "/", None);
-    respond::with_cookies(respond::page(StatusCode::OK, html), &[set])
+    respond::with_cookies(respond::page(status, html), &[set])
 }
 
 pub(crate) fn enc(s: &str) -> String {
@@ -216,7 +229,7 @@ pub async fn oidc_start(
     let fc = FlowCookies {
         keys: &app.keys,
         cookies: &app.cookies,
-        path: &app.flow_path,
+        path: crate::oidc::flow::COOKIE_PATH,
     };
     let existing = fc.read(req.headers());
     let set = fc.start(&*app.random, &flow, &existing);
@@ -235,7 +248,7 @@ pub async fn oidc_callback(app: &App, req: &Request<hyper::body::Incoming>) -> R
     let fc = FlowCookies {
         keys: &app.keys,
         cookies: &app.cookies,
-        path: &app.flow_path,
+        path: crate::oidc::flow::COOKIE_PATH,
     };
     let found = fc.read(req.headers());
     if found.is_empty() {

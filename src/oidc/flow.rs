@@ -11,6 +11,9 @@ use crate::crypto::{self, Keys, Purpose, Random};
 pub const COOKIE_PREFIX: &str = "headgate_flow_";
 pub const FLOW_TTL_SECS: i64 = 600;
 pub const MAX_FLOWS: usize = 5;
+/// Flow cookies live at `/` so they can carry the `__Host-` prefix when secure (S6): no sibling subdomain
+/// can plant one. Their names tell flows apart.
+pub const COOKIE_PATH: &str = "/";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Flow {
@@ -114,30 +117,6 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// The longest directory prefix shared by two paths (`/admin/oidc/start`, `/admin/oidc/callback` →
-/// `/admin/oidc`), `/` at least.
-pub fn common_cookie_path(a: &str, b: &str) -> String {
-    let sa: Vec<&str> = a.split('/').filter(|s| !s.is_empty()).collect();
-    let sb: Vec<&str> = b.split('/').filter(|s| !s.is_empty()).collect();
-    let n = sa
-        .len()
-        .min(sb.len())
-        .min(sa.len().saturating_sub(1))
-        .min(sb.len().saturating_sub(1));
-    let shared: Vec<&str> = sa
-        .iter()
-        .zip(sb.iter())
-        .take(n)
-        .take_while(|(x, y)| x == y)
-        .map(|(x, _)| *x)
-        .collect();
-    if shared.is_empty() {
-        "/".to_string()
-    } else {
-        format!("/{}", shared.join("/"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,22 +132,6 @@ mod tests {
             created,
             expires: created + FLOW_TTL_SECS,
         }
-    }
-
-    #[test]
-    fn paths() {
-        assert_eq!(
-            common_cookie_path("/admin/oidc/start", "/admin/oidc/callback"),
-            "/admin/oidc"
-        );
-        assert_eq!(
-            common_cookie_path("/admin/oidc/start", "/auth/callback"),
-            "/"
-        );
-        assert_eq!(
-            common_cookie_path("/admin/oidc/start", "/admin/cb"),
-            "/admin"
-        );
     }
 
     #[test]
