@@ -58,6 +58,8 @@ pub struct App {
     pub(crate) bridge: Option<crate::proxy::bridge::Bridge>,
     pub(crate) policy: crate::policy::Policy,
     pub(crate) identity_names: crate::proxy::hygiene::IdentityNames,
+    /// Open event streams and websocket tunnels, per session (S19).
+    pub(crate) streams: Arc<crate::streams::Streams>,
     audit_tx: mpsc::Sender<crate::store::NewAuditEvent>,
 }
 
@@ -166,6 +168,7 @@ impl App {
             bridge,
             policy,
             identity_names: crate::proxy::hygiene::IdentityNames::default(),
+            streams: Arc::default(),
             audit_tx,
         };
         (
@@ -203,6 +206,11 @@ impl App {
         &self.assertions
     }
 
+    /// Open event streams and websocket tunnels (S19).
+    pub fn streams(&self) -> &crate::streams::Streams {
+        &self.streams
+    }
+
     /// Start the background work: last-seen batching, pruning expired sessions, API-key re-checks.
     pub fn spawn_background(self: &Arc<Self>, bg: Background) {
         tokio::spawn(crate::session::run_touch_batcher(
@@ -212,6 +220,12 @@ impl App {
         ));
         tokio::spawn(crate::refresh::run(self.clone(), bg.refresh_rx));
         tokio::spawn(run_audit_batcher(self.store.clone(), bg.audit_rx));
+        tokio::spawn(self.streams.clone().run(
+            self.store.clone(),
+            self.clock.clone(),
+            Duration::from_secs(self.config.server.stream_recheck_secs),
+            self.store.changes(),
+        ));
         let app = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(300));

@@ -336,7 +336,26 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<
         .trusted_proxies
         .iter()
         .any(|c| c.contains(conn.peer.ip()));
-    hygiene::clean_request(&mut parts.headers, &app.identity_names, trusted_peer, false);
+    // An allowed websocket keeps its handshake; the client's upgrade is taken to join it to the upstream's.
+    let mut client_upgrade = None;
+    if admitted.websocket {
+        let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        match (upgrade, crate::proxy::websocket::client_key(&parts.headers)) {
+            (Some(u), Some(key)) => client_upgrade = Some((u, key)),
+            _ => {
+                return (
+                    refusal(400, "websocket_handshake"),
+                    out("deny", "websocket_handshake"),
+                );
+            }
+        }
+    }
+    hygiene::clean_request(
+        &mut parts.headers,
+        &app.identity_names,
+        trusted_peer,
+        admitted.websocket,
+    );
     let own_cookie = |n: &str| {
         n == "_hp_auth"
             || n.trim_start_matches("__Host-")
@@ -403,8 +422,10 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<
     };
     let method = parts.method.clone();
     // Kept to retry an idempotent request once after the bridge signs in again (never a POST: S10).
-    let retry_headers = (ticket.is_some() && matches!(method, Method::GET | Method::HEAD))
-        .then(|| parts.headers.clone());
+    let retry_headers = (ticket.is_some()
+        && client_upgrade.is_none()
+        && matches!(method, Method::GET | Method::HEAD))
+    .then(|| parts.headers.clone());
     let mut resp = match upstream.send(parts, &path_and_query, upstream_body).await {
         Ok(r) => r,
         Err(e) => {
@@ -468,6 +489,9 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<
             }
         }
     }
+    if let Some((client, key)) = client_upgrade {
+        return websocket_answer(app, session.as_ref(), resp, client, &key, reason);
+    }
     let status = resp.status();
     let mut resp = match (&app.bridge, &ticket) {
         (Some(_), Some(_)) => match scrub_api_key(resp, app).await {
@@ -477,8 +501,12 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<
         _ => forward::stream_back(resp),
     };
     hygiene::clean_response(resp.headers_mut(), &app.config.upstream.pass_cookies, false);
-    if session.is_some() {
+    if let Some(s) = &session {
         hygiene::mark_private(resp.headers_mut());
+        if is_event_stream(resp.headers()) {
+            let (guard, stop) = app.streams.open(s, crate::streams::Kind::EventStream);
+            resp = resp.map(|b| crate::streams::TrackedBody::new(b, guard, stop).boxed());
+        }
     }
     if let Some(c) = clear_cookie
         && let Ok(v) = HeaderValue::from_str(&c)
@@ -514,11 +542,7 @@ async fn scrub_api_key(
         .as_ref()
         .map(|h| h.api_key.expose().as_bytes().to_vec())
         .unwrap_or_default();
-    let is_stream = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("text/event-stream"));
+    let is_stream = is_event_stream(resp.headers());
     let encoded = resp
         .headers()
         .get(header::CONTENT_ENCODING)
@@ -535,8 +559,16 @@ async fn scrub_api_key(
             None,
         ));
     }
-    if key.len() < 8 || is_stream {
+    if key.len() < 8 {
         return Ok(forward::stream_back(resp));
+    }
+    if is_stream {
+        // An open stream cannot be read whole: it is scrubbed as it flows.
+        let mut resp = forward::stream_back(resp);
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+        return Ok(
+            resp.map(|b| crate::proxy::scrub::ScrubBody::new(b, key, API_KEY_HIDDEN).boxed())
+        );
     }
     let (mut parts, body) = resp.into_parts();
     let bytes = match tokio::time::timeout(
@@ -558,7 +590,7 @@ async fn scrub_api_key(
             ));
         }
     };
-    let scrubbed = replace_all(&bytes, &key, b"[api key hidden by headgate]");
+    let scrubbed = crate::proxy::scrub::replace_all(&bytes, &key, API_KEY_HIDDEN);
     parts.headers.remove(header::CONTENT_LENGTH);
     parts
         .headers
@@ -571,19 +603,78 @@ async fn scrub_api_key(
     ))
 }
 
-fn replace_all(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(hay.len());
-    let mut i = 0;
-    while i < hay.len() {
-        if hay[i..].starts_with(needle) {
-            out.extend_from_slice(with);
-            i += needle.len();
-        } else {
-            out.push(hay[i]);
-            i += 1;
+/// What the bridge's API key is replaced with in answers to the browser.
+const API_KEY_HIDDEN: &[u8] = b"[api key hidden by headgate]";
+
+fn is_event_stream(h: &http::HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| {
+            c.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+}
+
+/// The answer to an allowed websocket handshake: the upstream's `101` (checked) with the tunnel started,
+/// or the upstream's refusal passed on.
+fn websocket_answer(
+    app: &App,
+    session: Option<&VerifiedSession>,
+    mut resp: Response<Incoming>,
+    client: hyper::upgrade::OnUpgrade,
+    key: &str,
+    reason: &'static str,
+) -> (Response<Body>, Outcome) {
+    use crate::proxy::websocket;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let mut r = forward::stream_back(resp);
+        hygiene::clean_response(r.headers_mut(), &app.config.upstream.pass_cookies, false);
+        if session.is_some() {
+            hygiene::mark_private(r.headers_mut());
         }
+        return (
+            r,
+            Outcome {
+                verdict: "allow",
+                reason,
+            },
+        );
     }
-    out
+    if !websocket::is_valid_switch(&resp, key) {
+        tracing::error!(
+            "the upstream switched protocols without a valid websocket handshake; refused"
+        );
+        let r = respond::error_page(
+            StatusCode::BAD_GATEWAY,
+            "The application's answer was refused",
+            "The application answered the websocket request with an invalid handshake.",
+            None,
+        );
+        return (
+            r,
+            Outcome {
+                verdict: "error",
+                reason: "websocket_handshake_upstream",
+            },
+        );
+    }
+    let upstream = hyper::upgrade::on(&mut resp);
+    let tracked = session.map(|s| app.streams.open(s, crate::streams::Kind::WebSocket));
+    tokio::spawn(websocket::tunnel(client, upstream, tracked));
+    let (parts, _) = resp.into_parts();
+    let mut r = Response::from_parts(parts, crate::app::full(Bytes::new()));
+    hygiene::clean_response(r.headers_mut(), &app.config.upstream.pass_cookies, true);
+    if session.is_some() {
+        hygiene::mark_private(r.headers_mut());
+    }
+    (
+        r,
+        Outcome {
+            verdict: "allow",
+            reason,
+        },
+    )
 }
 
 fn append_cookie(h: &mut http::HeaderMap, pair: &str) {

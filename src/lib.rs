@@ -35,6 +35,7 @@ pub mod roles;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod streams;
 
 /// rustls needs one process-wide crypto provider; headgate uses ring (no C build step). Safe to call often.
 pub fn install_crypto_provider() {

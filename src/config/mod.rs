@@ -65,6 +65,8 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// How often API-key sessions are re-checked at Headscale (S14).
     pub api_key_recheck_interval: u64,
+    /// How often open event streams and websockets are re-checked against their session (S19, ≤ 30 s).
+    pub stream_recheck_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -656,6 +658,7 @@ fn read_server(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<Ser
         }
     }
     let api_key_recheck_interval = s.u64_in("api_key_recheck_interval", 300, 1, 300);
+    let stream_recheck_secs = s.u64_in("stream_recheck_secs", 15, 1, 30);
 
     if let Some(secret) = &cookie_secret {
         if secret.len() < 32 {
@@ -700,6 +703,7 @@ fn read_server(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<Ser
         allowed_hosts,
         trusted_proxies,
         api_key_recheck_interval,
+        stream_recheck_secs,
     })
 }
 

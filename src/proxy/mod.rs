@@ -3,3 +3,5 @@
 pub mod bridge;
 pub mod forward;
 pub mod hygiene;
+pub mod scrub;
+pub mod websocket;

@@ -86,6 +86,8 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<Backend>,
+    /// Signalled after a write that may end a session or change a role (S19: open streams re-check).
+    changed: Arc<tokio::sync::Notify>,
 }
 
 enum Backend {
@@ -123,7 +125,21 @@ impl Store {
         let b = redb::RedbStore::open(path, cache_size_bytes)?;
         Ok(Store {
             backend: Arc::new(Backend::Redb(b)),
+            changed: Arc::new(tokio::sync::Notify::new()),
         })
+    }
+
+    /// Signalled (one stored permit) after this process deleted sessions or changed users: whoever tracks
+    /// open streams re-checks them at once. Other processes' changes are seen by the periodic re-check.
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        self.changed.clone()
+    }
+
+    fn signal_change<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if r.is_ok() {
+            self.changed.notify_one();
+        }
+        r
     }
 
     /// Where the data lives, for logs (`redb file /var/lib/headgate/headgate.redb`).
@@ -168,18 +184,21 @@ impl Store {
     /// role away (use [`Store::transfer_ownership`]), is a [`StoreError::Conflict`]; making a user owner
     /// while nobody is (the owner was deleted) is allowed and sets the bootstrapped marker.
     pub async fn update_user(&self, user: &User) -> Result<(), StoreError> {
-        dispatch!(self.update_user(user.clone()))
+        let r = dispatch!(self.update_user(user.clone()));
+        self.signal_change(r)
     }
 
     /// Delete a user with their sessions and link. The bootstrapped marker stays: deleting the owner never
     /// lets the next sign-in become owner.
     pub async fn delete_user(&self, id: UserId) -> Result<(), StoreError> {
-        dispatch!(self.delete_user(id))
+        let r = dispatch!(self.delete_user(id));
+        self.signal_change(r)
     }
 
     /// Make `to` the owner and `from` (who must be the owner) an admin, in one transaction.
     pub async fn transfer_ownership(&self, from: UserId, to: UserId) -> Result<(), StoreError> {
-        dispatch!(self.transfer_ownership(from, to))
+        let r = dispatch!(self.transfer_ownership(from, to));
+        self.signal_change(r)
     }
 
     /// Whether an owner was ever made (the persisted marker of S2).
@@ -239,12 +258,14 @@ impl Store {
 
     /// Delete a session; returns whether it existed.
     pub async fn delete_session(&self, key: &SessionKey) -> Result<bool, StoreError> {
-        dispatch!(self.delete_session(*key))
+        let r = dispatch!(self.delete_session(*key));
+        self.signal_change(r)
     }
 
     /// Delete every session of a user; returns how many.
     pub async fn delete_sessions_of_user(&self, user_id: UserId) -> Result<u64, StoreError> {
-        dispatch!(self.delete_sessions_of_user(user_id))
+        let r = dispatch!(self.delete_sessions_of_user(user_id));
+        self.signal_change(r)
     }
 
     pub async fn sessions_of_user(

@@ -21,4 +21,5 @@ mod serve;
 mod sessions;
 mod signin;
 mod store;
+mod streams;
 mod users_page;

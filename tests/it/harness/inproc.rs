@@ -27,12 +27,17 @@ pub struct InProcess {
 impl InProcess {
     /// Start with `sections` appended after a `[server]` section that points at the bound port.
     pub fn start(sections: &str) -> InProcess {
+        InProcess::start_with("", sections)
+    }
+
+    /// Like [`InProcess::start`], with `server_extra` lines added to the `[server]` section.
+    pub fn start_with(server_extra: &str, sections: &str) -> InProcess {
         let dir = super::tempdir();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let text = format!(
-            "[server]\nlisten = \"{addr}\"\nbase_url = \"http://{addr}\"\ncookie_secret = \"{TEST_SECRET}\"\ncookie_secure = false\ndata_path = \"{}\"\n\n{sections}\n",
+            "[server]\nlisten = \"{addr}\"\nbase_url = \"http://{addr}\"\ncookie_secret = \"{TEST_SECRET}\"\ncookie_secure = false\ndata_path = \"{}\"\n{server_extra}\n\n{sections}\n",
             dir.path().join("data").display()
         );
         let config =
