@@ -150,6 +150,7 @@ impl App {
         );
         let assertions = Assertions::new(&config, store.clone(), keys.clone(), random.clone());
         assertions.load_blocking(clock.now());
+        let identity_names = crate::proxy::hygiene::IdentityNames::from_config(&config.headers);
         let app = App {
             config,
             store,
@@ -167,7 +168,7 @@ impl App {
             upstream,
             bridge,
             policy,
-            identity_names: crate::proxy::hygiene::IdentityNames::default(),
+            identity_names,
             streams: Arc::default(),
             audit_tx,
         };

@@ -714,7 +714,12 @@ pub fn identity_of(
     let Some(s) = s else { return Ok(id) };
     match (s.user(), &s.record().subject) {
         (Some(u), _) => {
-            id.user = u.subject.clone();
+            id.user = match (app.config.headers.user_claim, &app.config.oidc) {
+                (crate::config::UserClaim::SubAtIss, Some(o)) => {
+                    format!("{}@{}", u.subject, o.issuer.trim_end_matches('/'))
+                }
+                _ => u.subject.clone(),
+            };
             if u.email_verified {
                 id.email = u.email.clone().unwrap_or_default();
             }

@@ -102,6 +102,22 @@ pub struct HeadersConfig {
     pub audience: Option<String>,
     /// Seconds the signed assertion is valid (at most 300).
     pub assertion_lifetime: u64,
+    /// The names (lower case) of the four renamable identity headers.
+    pub user_header: String,
+    pub email_header: String,
+    pub name_header: String,
+    pub picture_header: String,
+    /// What `Remote-User` carries (S11: only an immutable identifier).
+    pub user_claim: UserClaim,
+}
+
+/// `headers.user_claim`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserClaim {
+    /// The OIDC subject.
+    Sub,
+    /// `<subject>@<issuer>`: unique across identity providers.
+    SubAtIss,
 }
 
 /// S4: what a person's own pick of a Headscale user does.
@@ -856,10 +872,101 @@ fn read_headers(s: &mut Section<'_>) -> HeadersConfig {
         10,
         crate::assertion::MAX_LIFETIME as u64,
     );
+    let mut names: Vec<(&'static str, String)> = Vec::new();
+    for (key, default) in [
+        ("user_header", "remote-user"),
+        ("email_header", "remote-email"),
+        ("name_header", "remote-name"),
+        ("picture_header", "remote-picture"),
+    ] {
+        let name = match s.non_empty_string(key) {
+            None => default.to_string(),
+            Some(v) => match identity_header_name(&v) {
+                Ok(n) => n,
+                Err(e) => {
+                    s.error(key, e);
+                    default.to_string()
+                }
+            },
+        };
+        let folded = name.replace('_', "-");
+        if let Some((other, _)) = names.iter().find(|(_, n)| n.replace('_', "-") == folded) {
+            s.error(
+                key,
+                format!(
+                    "{name:?} is already the name of headers.{other}: give each header its own name"
+                ),
+            );
+        }
+        names.push((key, name));
+    }
+    let user_claim = match s.string("user_claim").as_deref() {
+        None | Some("sub") => UserClaim::Sub,
+        Some("sub@iss") => UserClaim::SubAtIss,
+        Some(other) => {
+            s.error(
+                "user_claim",
+                format!(
+                    "{other:?} is not \"sub\" or \"sub@iss\": the user header must carry an identifier the identity \
+                     provider never gives to someone else (an email address or a username can change hands)"
+                ),
+            );
+            UserClaim::Sub
+        }
+    };
+    let mut names = names.into_iter().map(|(_, n)| n);
     HeadersConfig {
         audience,
         assertion_lifetime,
+        user_header: names.next().unwrap_or_default(),
+        email_header: names.next().unwrap_or_default(),
+        name_header: names.next().unwrap_or_default(),
+        picture_header: names.next().unwrap_or_default(),
+        user_claim,
     }
+}
+
+/// A renamed identity header: a valid field name (RFC 9110 token), lower-cased, that is not one headgate or
+/// HTTP already gives a meaning.
+fn identity_header_name(v: &str) -> Result<String, String> {
+    let name = v.trim().to_ascii_lowercase();
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(format!(
+            "{v:?} is not a valid header name (letters, digits and -)"
+        ));
+    }
+    let folded = name.replace('_', "-");
+    if folded.starts_with("x-headgate-") {
+        return Err(format!(
+            "{v:?}: names starting with X-Headgate- are headgate's own"
+        ));
+    }
+    const TAKEN: &[&str] = &[
+        "host",
+        "cookie",
+        "authorization",
+        "content-type",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "te",
+        "trailer",
+        "keep-alive",
+        "proxy-authorization",
+        "origin",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "accept",
+    ];
+    if TAKEN.contains(&folded.as_str()) {
+        return Err(format!(
+            "{v:?} is a standard HTTP header: pick another name"
+        ));
+    }
+    Ok(name)
 }
 
 fn read_headscale(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<HeadscaleConfig> {

@@ -56,6 +56,15 @@ fn folded(name: &str) -> String {
 }
 
 impl IdentityNames {
+    pub fn from_config(h: &crate::config::HeadersConfig) -> Self {
+        IdentityNames {
+            user: h.user_header.clone(),
+            email: h.email_header.clone(),
+            name: h.name_header.clone(),
+            picture: h.picture_header.clone(),
+        }
+    }
+
     /// Whether a client-sent header is (a spelling of) one of headgate's identity headers.
     pub fn is_identity(&self, name: &str) -> bool {
         let f = folded(name);

@@ -14,6 +14,7 @@ mod fake_headscale;
 mod gate;
 mod headplane_double;
 mod identity;
+mod identity_headers;
 mod idp;
 mod login_page;
 mod onboarding;

@@ -1,0 +1,133 @@
+//! `[headers]`: renamed identity headers and `user_claim` (S11), on the proxy path against the echo upstream,
+//! and the configuration checks that keep the names safe.
+
+use std::collections::HashMap;
+
+use headgate::config::Config;
+
+use crate::harness::browser::Browser;
+use crate::harness::echo::Echo;
+use crate::harness::rogue::RogueIdp;
+use crate::harness::stack::{Site, oidc_section};
+
+#[tokio::test]
+async fn renamed_headers_and_sub_at_iss_reach_the_upstream_and_client_copies_never_do() {
+    let site = Site::new();
+    let rogue = RogueIdp::start();
+    let echo = Echo::start();
+    let _hg = site
+        .config(None)
+        .section(format!(
+            "[upstream]\nurl = \"{}\"\nheadplane_login = \"proxy_auth\"",
+            echo.url()
+        ))
+        .section(oidc_section(rogue.issuer(), ""))
+        .section(
+            "[headers]\nuser_claim = \"sub@iss\"\nuser_header = \"X-Auth-User\"\nemail_header = \"X-Auth-Email\"\n\
+             name_header = \"X-Auth-Name\"\npicture_header = \"X-Auth-Picture\"",
+        )
+        .start();
+    rogue.set_subject("person-1");
+    rogue.set_claim("email", "p1@example.com");
+    rogue.set_claim("email_verified", true);
+    rogue.set_claim("name", "Person One");
+    let b = Browser::new();
+    let to_idp = b.get(site.url("/admin/oidc/start")).await;
+    let back = b.get(to_idp.location().unwrap().as_str()).await;
+    b.get(back.location().unwrap().as_str()).await;
+    let r = b
+        .get_with(
+            site.url("/admin/machines"),
+            &[
+                ("X-Auth-User", "admin"),
+                ("x_auth_user", "admin2"),
+                ("X-AUTH-EMAIL", "ceo@example.com"),
+                // The default names stay reserved after a rename: Headplane may still read them.
+                ("Remote-User", "admin3"),
+                ("remote_email", "ceo@example.com"),
+                ("Connection", "x-auth-user"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text());
+    let seen = echo.last().unwrap();
+    let issuer = rogue.issuer().trim_end_matches('/').to_string();
+    assert_eq!(
+        seen.header_all("x-auth-user"),
+        vec![format!("person-1@{issuer}")],
+        "{:?}",
+        seen.headers
+    );
+    assert_eq!(seen.header_all("x-auth-email"), vec!["p1@example.com"]);
+    assert_eq!(seen.header("x-auth-name"), Some("Person One"));
+    assert_eq!(seen.header("x-auth-picture"), Some(""));
+    for (name, value) in &seen.headers {
+        let n = name.to_ascii_lowercase().replace('_', "-");
+        assert!(
+            !n.starts_with("remote-") && !value.contains("admin") && !value.contains("ceo@"),
+            "{name}: {value} reached the upstream: {:?}",
+            seen.headers
+        );
+    }
+    assert_eq!(seen.header("x-headgate-role"), Some("owner"));
+}
+
+fn parse_errors(headers: &str) -> Vec<String> {
+    let text = format!(
+        "[server]\nbase_url = \"https://hp.example.com\"\ncookie_secret = \"0123456789abcdef0123456789abcdef\"\n\n[headers]\n{headers}\n"
+    );
+    match Config::parse("t.toml", &text, &HashMap::new()) {
+        Ok(_) => vec![],
+        Err(e) => e.errors.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn header_names_and_user_claim_are_checked() {
+    assert!(parse_errors("user_header = \"X-Auth-User\"\nuser_claim = \"sub@iss\"").is_empty());
+    for (text, key, needle) in [
+        (
+            "user_claim = \"email\"",
+            "headers.user_claim",
+            "can change hands",
+        ),
+        (
+            "user_claim = \"preferred_username\"",
+            "headers.user_claim",
+            "\"sub\" or \"sub@iss\"",
+        ),
+        (
+            "user_header = \"X Auth\"",
+            "headers.user_header",
+            "not a valid header name",
+        ),
+        (
+            "email_header = \"X-Headgate-Email\"",
+            "headers.email_header",
+            "headgate's own",
+        ),
+        (
+            "name_header = \"Cookie\"",
+            "headers.name_header",
+            "standard HTTP header",
+        ),
+        (
+            "picture_header = \"Host\"",
+            "headers.picture_header",
+            "standard HTTP header",
+        ),
+        ("user_header = \"\"", "headers.user_header", "is empty"),
+        (
+            "user_header = \"X-Who\"\nemail_header = \"x_who\"",
+            "headers.email_header",
+            "already the name of headers.user_header",
+        ),
+    ] {
+        let errs = parse_errors(text);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(&format!("{key}: ")) && e.contains(needle)),
+            "{text}: {errs:?}"
+        );
+    }
+}
