@@ -131,3 +131,62 @@ fn header_names_and_user_claim_are_checked() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_api_key_session_is_never_a_remote_user() {
+    let hs = crate::harness::fake_headscale::FakeHeadscale::start();
+    let key = hs.add_api_key(Some(
+        time::OffsetDateTime::now_utc() + time::Duration::days(1),
+    ));
+    let site = Site::new();
+    let echo = Echo::start();
+    let _hg = site
+        .config(Some(&hs))
+        .section(format!(
+            "[upstream]\nurl = \"{}\"\nheadplane_login = \"proxy_auth\"",
+            echo.url()
+        ))
+        .start();
+    let b = Browser::new();
+    let page = b.get(site.url("/admin/login")).await;
+    let mut form = page
+        .forms()
+        .into_iter()
+        .find(|f| f.get("api_key").is_some() || f.password_fields.iter().any(|p| p == "api_key"))
+        .expect("an API-key form");
+    form.set("api_key", &key);
+    let r = b.submit(&page, &form, None).await;
+    assert!((300..400).contains(&r.status()), "{}", r.text());
+    let r = b
+        .get_with(
+            site.url("/admin/machines"),
+            &[("Remote-User", "admin"), ("X-Headgate-Auth", "oidc")],
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text());
+    let seen = echo.last().unwrap();
+    assert_eq!(
+        seen.header_all("remote-user"),
+        vec![""],
+        "{:?}",
+        seen.headers
+    );
+    assert_eq!(seen.header_all("x-headgate-auth"), vec!["api_key"]);
+    assert_eq!(seen.header("remote-email"), Some(""));
+    let token = seen.header("x-headgate-assertion").unwrap().to_string();
+    let jwks = b
+        .get(site.url("/_headgate/jwks.json"))
+        .await
+        .text()
+        .to_string();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = headgate::assertion::verify(&jwks, &token, &site.base(), &echo.url(), now)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let c = serde_json::to_value(&claims).unwrap();
+    assert_eq!(c["amr"], serde_json::json!(["api_key"]), "{c}");
+    // The key itself is never handed on.
+    for (name, value) in &seen.headers {
+        assert!(!value.contains(&key), "{name} carries the API key");
+    }
+    assert!(!seen.body_str().contains(&key));
+}
