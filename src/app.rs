@@ -60,6 +60,12 @@ pub struct App {
     pub(crate) identity_names: crate::proxy::hygiene::IdentityNames,
     /// Open event streams and websocket tunnels, per session (S19).
     pub(crate) streams: Arc<crate::streams::Streams>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) health: crate::health::HealthInfo,
+    /// When this configuration was loaded (RFC 3339), for `readyz`.
+    loaded_at: String,
+    /// Background tasks that hold this App (stopped when a reload replaces it).
+    tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
     audit_tx: mpsc::Sender<crate::store::NewAuditEvent>,
 }
 
@@ -170,6 +176,12 @@ impl App {
             policy,
             identity_names,
             streams: Arc::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            health: crate::health::HealthInfo::default(),
+            loaded_at: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            tasks: std::sync::Mutex::default(),
             audit_tx,
         };
         (
@@ -207,6 +219,50 @@ impl App {
         &self.assertions
     }
 
+    /// An App for a reloaded configuration: the store, HTTP client, clock, randomness, open streams and
+    /// metrics are this one's (sessions, streams and counters carry over); everything derived from the
+    /// configuration is new.
+    pub fn reloaded(&self, config: Arc<Config>) -> (App, Background) {
+        let (mut app, bg) = App::new(
+            config,
+            self.store.clone(),
+            self.http.clone(),
+            self.clock.clone(),
+            self.random.clone(),
+        );
+        app.streams = self.streams.clone();
+        app.metrics = self.metrics.clone();
+        (app, bg)
+    }
+
+    fn track(&self, h: tokio::task::JoinHandle<()>) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(h.abort_handle());
+    }
+
+    /// Stop the background tasks that hold this App (after a reload replaced it).
+    pub fn stop_background(&self) {
+        for h in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            h.abort();
+        }
+    }
+
+    /// When this configuration was loaded.
+    pub fn loaded_at(&self) -> &str {
+        &self.loaded_at
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
     /// Open event streams and websocket tunnels (S19).
     pub fn streams(&self) -> &crate::streams::Streams {
         &self.streams
@@ -214,21 +270,26 @@ impl App {
 
     /// Start the background work: last-seen batching, pruning expired sessions, API-key re-checks.
     pub fn spawn_background(self: &Arc<Self>, bg: Background) {
+        // The last-seen and audit batchers end on their own (flushing) once this App is dropped; the rest
+        // hold the App and are stopped by `stop_background` when a reload replaces it.
         tokio::spawn(crate::session::run_touch_batcher(
             self.store.clone(),
             bg.touch_rx,
             Duration::from_secs(30),
         ));
-        tokio::spawn(crate::refresh::run(self.clone(), bg.refresh_rx));
+        self.track(tokio::spawn(crate::refresh::run(
+            self.clone(),
+            bg.refresh_rx,
+        )));
         tokio::spawn(run_audit_batcher(self.store.clone(), bg.audit_rx));
-        tokio::spawn(self.streams.clone().run(
+        self.track(tokio::spawn(self.streams.clone().run(
             self.store.clone(),
             self.clock.clone(),
             Duration::from_secs(self.config.server.stream_recheck_secs),
             self.store.changes(),
-        ));
+        )));
         let app = self.clone();
-        tokio::spawn(async move {
+        self.track(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(300));
             loop {
                 tick.tick().await;
@@ -245,9 +306,23 @@ impl App {
                     Err(e) => tracing::warn!(error = %e, "could not prune expired sessions"),
                 }
             }
-        });
+        }));
         let app = self.clone();
-        tokio::spawn(async move {
+        self.track(tokio::spawn(async move {
+            // Gauges and the API key's expiry: read off the request path, once a minute.
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let now = app.now();
+                if let Ok(all) = app.store.sessions().await {
+                    let active = all.iter().filter(|(_, r)| r.expires > now).count();
+                    app.metrics.set_sessions_active(active as i64);
+                }
+                crate::health::refresh_api_key_expiry(&app, now).await;
+            }
+        }));
+        let app = self.clone();
+        self.track(tokio::spawn(async move {
             // Keys changed by the CLI or another replica take effect; rotations and pruning happen when due.
             let every = Duration::from_secs(crate::assertion::RELOAD_EVERY as u64);
             let mut tick = tokio::time::interval(every);
@@ -258,9 +333,9 @@ impl App {
                     tracing::warn!(error = %e, "could not reload the assertion signing keys");
                 }
             }
-        });
+        }));
         let app = self.clone();
-        tokio::spawn(async move {
+        self.track(tokio::spawn(async move {
             let every = Duration::from_secs(app.config.server.api_key_recheck_interval);
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -279,17 +354,17 @@ impl App {
                     bridge.reset();
                 }
             }
-        });
+        }));
         if self.rp.is_some() {
             // Warm the discovery cache so the first login page offers SSO at once.
             let app = self.clone();
-            tokio::spawn(async move {
+            self.track(tokio::spawn(async move {
                 if let Some(rp) = &app.rp
                     && let Err(e) = rp.endpoints().await
                 {
                     tracing::warn!("{e}");
                 }
-            });
+            }));
         }
     }
 
@@ -299,19 +374,56 @@ impl App {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let version = req.version();
-        let (resp, route) = self.route(req, conn).await;
+        let mut id = [0u8; 8];
+        self.random.fill(&mut id);
+        let request_id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let (mut resp, route) = self.route(req, conn).await;
+        let status = resp.status().as_u16();
+        let (verdict, reason) = match resp.extensions().get::<crate::gate::Outcome>() {
+            Some(o) => (crate::metrics::Verdict::from_word(o.verdict), o.reason),
+            None => (crate::metrics::Verdict::from_status(status), route),
+        };
+        let class = route_class(route);
+        self.metrics.request(class, verdict);
+        if let Some(method) = sign_in_method(route) {
+            let ok = sets_session(&resp, &self.sessions.cookie_name());
+            self.metrics.sign_in(method, ok);
+        }
+        if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
         tracing::info!(
             target: "headgate::request",
+            request_id = %request_id,
             peer = %conn.peer,
             method = %method,
             path = %crate::logging::escape(&path),
             ?version,
-            status = resp.status().as_u16(),
+            status,
             route,
+            verdict = verdict.as_str(),
+            reason,
             ms = started.elapsed().as_secs_f64() * 1000.0,
             "request"
         );
         resp
+    }
+
+    /// The Prometheus text.
+    pub fn metrics_response(&self) -> Response<Body> {
+        let open = (
+            self.streams.count(crate::streams::Kind::EventStream),
+            self.streams.count(crate::streams::Kind::WebSocket),
+        );
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+            .header(header::CACHE_CONTROL, "no-store")
+            .body(full(self.metrics.render(open)))
+            .expect("static response parts are valid")
     }
 
     async fn route(&self, req: Request<Incoming>, conn: Conn) -> (Response<Body>, &'static str) {
@@ -325,7 +437,15 @@ impl App {
         let m = req.method().clone();
         use crate::auth;
         match (&m, path) {
-            (_, "/_headgate/healthz") => (healthz(), "healthz"),
+            (_, "/_headgate/healthz") => (crate::health::healthz(), "healthz"),
+            (&Method::GET | &Method::HEAD, "/_headgate/readyz") => {
+                (crate::health::readyz(self).await, "readyz")
+            }
+            (&Method::GET | &Method::HEAD, "/_headgate/metrics")
+                if self.config.server.metrics_listen.is_none() =>
+            {
+                (self.metrics_response(), "metrics")
+            }
             (&Method::GET | &Method::HEAD, crate::assertion::JWKS_PATH) => {
                 (self.assertions.jwks_response(), "jwks")
             }
@@ -386,13 +506,47 @@ impl App {
                 (auth::signed_in_page(self, &req).await, "signed_in")
             }
             _ if self.upstream.is_some() => {
-                let (r, o) = crate::gate::handle(self, req, conn).await;
-                tracing::debug!(verdict = o.verdict, reason = o.reason, "gate");
-                (r, o.reason)
+                let (mut r, o) = crate::gate::handle(self, req, conn).await;
+                r.extensions_mut().insert(o);
+                (r, "proxy")
             }
             _ => (not_found(), "not_found"),
         }
     }
+}
+
+/// The metrics' route class of a route name.
+fn route_class(route: &str) -> crate::metrics::RouteClass {
+    use crate::metrics::RouteClass as C;
+    match route {
+        "proxy" => C::Proxy,
+        r if r.starts_with("forward_auth") => C::ForwardAuth,
+        "healthz" | "readyz" | "metrics" | "jwks" | "static" => C::Internal,
+        "login_page" | "api_key_login" | "oidc_start" | "oidc_callback" | "logout"
+        | "logout_get" => C::Auth,
+        _ => C::Headgate,
+    }
+}
+
+fn sign_in_method(route: &str) -> Option<crate::metrics::SignIn> {
+    match route {
+        "oidc_callback" => Some(crate::metrics::SignIn::Oidc),
+        "api_key_login" => Some(crate::metrics::SignIn::ApiKey),
+        _ => None,
+    }
+}
+
+/// Whether a response starts a session (sets the session cookie to a value).
+fn sets_session(r: &Response<Body>, cookie: &str) -> bool {
+    r.headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|c| {
+            c.strip_prefix(cookie)
+                .and_then(|rest| rest.strip_prefix('='))
+                .is_some_and(|v| !v.is_empty() && !v.starts_with(';'))
+        })
 }
 
 async fn run_audit_batcher(store: Store, mut rx: mpsc::Receiver<crate::store::NewAuditEvent>) {
@@ -416,10 +570,6 @@ async fn run_audit_batcher(store: Store, mut rx: mpsc::Receiver<crate::store::Ne
     if !batch.is_empty() {
         let _ = store.append_audit(batch).await;
     }
-}
-
-fn healthz() -> Response<Body> {
-    respond::json(StatusCode::OK, serde_json::json!({ "status": "ok" }))
 }
 
 fn not_found() -> Response<Body> {

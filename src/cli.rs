@@ -38,6 +38,16 @@ pub enum Command {
     Serve,
     /// Validate the configuration, then probe the IdP, Headscale, the data directory and the store.
     CheckConfig,
+    /// Ask the running server's `/_headgate/readyz` (exit 0 when ready, 1 otherwise): for container
+    /// HEALTHCHECKs without curl in the image.
+    Healthcheck {
+        /// The URL to ask (default: server.listen, loopback for a wildcard address).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Ask `/_headgate/healthz` instead (the process answers; no dependency checked).
+        #[arg(long)]
+        live: bool,
+    },
     /// People: list them, change roles and links, transfer ownership (for bootstrap and recovery).
     ///
     /// While `headgate serve` runs, commands go through its admin socket (<data_path>/admin/headgate.sock,
@@ -149,6 +159,15 @@ pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Serve => serve(cli.config.as_deref(), &env),
         Command::CheckConfig => check_config(cli.config.as_deref(), &env),
+        Command::Healthcheck { url, live } => {
+            let url = match url {
+                Some(u) => u,
+                None => crate::healthcheck::default_url(&load(cli.config.as_deref(), &env)?, live),
+            };
+            let (code, line) = runtime()?.block_on(crate::healthcheck::probe(&url));
+            println!("{line}");
+            Ok(ExitCode::from(code))
+        }
         Command::Users(c) => {
             let (req, json) = match c {
                 UsersCommand::List { json } => (Request::UsersList, json),
@@ -348,9 +367,34 @@ fn serve(flag: Option<&Path>, env: &HashMap<String, String>) -> Result<ExitCode,
         tracing::info!("admin socket at {}", admin.path().display());
         let shutdown = server::shutdown_signal()
             .map_err(|e| Failure::runtime(format!("cannot install signal handlers: {e}")))?;
+        let mut hangup = server::reload_signal()
+            .map_err(|e| Failure::runtime(format!("cannot install signal handlers: {e}")))?;
         let server = Server::bind(app.clone())
             .await
             .map_err(|e| Failure::runtime(e.to_string()))?;
+        let live = server.live();
+        if let Some(addr) = app.config().server.metrics_listen {
+            let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                Failure::runtime(format!(
+                    "cannot listen on {addr} (server.metrics_listen): {e}"
+                ))
+            })?;
+            tracing::info!("metrics on http://{addr}/_headgate/metrics");
+            tokio::spawn(server::serve_metrics(l, live.clone()));
+        }
+        let (flag, env) = (flag.map(Path::to_path_buf), env.clone());
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP received: reloading the configuration");
+                let load = || {
+                    let path = Config::locate(flag.as_deref(), &env)?;
+                    Config::load(&path, &env)
+                };
+                if let Err(e) = server::reload::reload(&live, load) {
+                    tracing::error!("{e}");
+                }
+            }
+        });
         let tls = if app.config().server.tls.is_some() {
             " (TLS)"
         } else {

@@ -23,7 +23,8 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the one ownership question to Headscale may take (S5: fail closed).
 const OWNERSHIP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What the log line says about a request.
+/// What the log line says about a request (also carried in the response's extensions to the log line).
+#[derive(Debug, Clone, Copy)]
 pub struct Outcome {
     pub verdict: &'static str,
     pub reason: &'static str,
@@ -426,7 +427,10 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<
         && client_upgrade.is_none()
         && matches!(method, Method::GET | Method::HEAD))
     .then(|| parts.headers.clone());
-    let mut resp = match upstream.send(parts, &path_and_query, upstream_body).await {
+    let sent_at = std::time::Instant::now();
+    let sent = upstream.send(parts, &path_and_query, upstream_body).await;
+    app.metrics.upstream_latency(sent_at.elapsed());
+    let mut resp = match sent {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("{e}");

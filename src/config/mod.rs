@@ -67,6 +67,8 @@ pub struct ServerConfig {
     pub api_key_recheck_interval: u64,
     /// How often open event streams and websockets are re-checked against their session (S19, ≤ 30 s).
     pub stream_recheck_secs: u64,
+    /// A separate listener for `/_headgate/metrics` (then not served on `listen`).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -675,6 +677,18 @@ fn read_server(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<Ser
     }
     let api_key_recheck_interval = s.u64_in("api_key_recheck_interval", 300, 1, 300);
     let stream_recheck_secs = s.u64_in("stream_recheck_secs", 15, 1, 30);
+    let metrics_listen = s
+        .string("metrics_listen")
+        .and_then(|v| match v.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                s.error(
+                    "metrics_listen",
+                    format!("{v:?} is not an address:port (e.g. \"127.0.0.1:9180\")"),
+                );
+                None
+            }
+        });
 
     if let Some(secret) = &cookie_secret {
         if secret.len() < 32 {
@@ -720,6 +734,7 @@ fn read_server(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<Ser
         trusted_proxies,
         api_key_recheck_interval,
         stream_recheck_secs,
+        metrics_listen,
     })
 }
 

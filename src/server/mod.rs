@@ -1,6 +1,8 @@
 //! Listeners: TCP (optionally TLS), HTTP/1.1 and HTTP/2 (also cleartext h2 with prior knowledge), bounded
 //! header reads, graceful shutdown.
 
+pub mod live;
+pub mod reload;
 pub mod tls;
 
 use std::future::Future;
@@ -24,8 +26,7 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 pub struct Server {
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    app: Arc<App>,
+    live: Arc<live::Live>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +50,10 @@ impl Server {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
-        Ok(Server { listener, tls, app })
+        Ok(Server {
+            listener,
+            live: live::Live::new(app, tls),
+        })
     }
 
     /// Serve on a listener the caller bound (in-process tests bind port 0 first to learn the address).
@@ -58,7 +62,15 @@ impl Server {
             Some(files) => Some(TlsAcceptor::from(tls::load(files)?)),
             None => None,
         };
-        Ok(Server { listener, tls, app })
+        Ok(Server {
+            listener,
+            live: live::Live::new(app, tls),
+        })
+    }
+
+    /// What a reload swaps.
+    pub fn live(&self) -> Arc<live::Live> {
+        self.live.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -69,7 +81,7 @@ impl Server {
 
     /// Serve until `shutdown` resolves, then stop accepting and give in-flight requests `grace` to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>, grace: Duration) {
-        let Server { listener, tls, app } = self;
+        let Server { listener, live } = self;
         let graceful = GracefulShutdown::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -98,17 +110,17 @@ impl Server {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let app = app.clone();
+            let live = live.clone();
             let builder = builder.clone();
             let watcher = graceful.watcher();
-            let tls = tls.clone();
+            let tls = live.tls();
             let conn = crate::app::Conn {
                 peer,
                 tls: tls.is_some(),
             };
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
-                    let app = app.clone();
+                    let app = live.app();
                     async move { Ok::<_, std::convert::Infallible>(app.handle(req, conn).await) }
                 });
                 match tls {
@@ -166,4 +178,42 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
     })
+}
+
+/// Install the SIGHUP handler now; the returned stream yields once per SIGHUP.
+pub fn reload_signal() -> std::io::Result<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup())
+}
+
+/// Serve only `/_headgate/metrics` on `listener` (server.metrics_listen), until the task is dropped.
+pub async fn serve_metrics(listener: TcpListener, live: Arc<live::Live>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let live = live.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let app = live.app();
+                async move {
+                    let r = if req.uri().path() == "/_headgate/metrics" {
+                        app.metrics_response()
+                    } else {
+                        crate::respond::json(
+                            http::StatusCode::NOT_FOUND,
+                            serde_json::json!({"error": "not_found"}),
+                        )
+                    };
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }

@@ -18,6 +18,7 @@ mod identity_headers;
 mod idp;
 mod login_page;
 mod onboarding;
+mod operations;
 mod serve;
 mod sessions;
 mod signin;
