@@ -70,6 +70,18 @@ pub enum Command {
         #[arg(long, value_name = "ID")]
         before: Option<u64>,
     },
+    /// A consistent copy of the store into a new file, while `serve` runs (through the admin socket) or
+    /// while it is stopped.
+    Backup {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Put a backup in place as the store. headgate must be stopped; a store that holds anything is
+    /// refused (move it away first).
+    Restore {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// The signing keys of the signed assertion (X-Headgate-Assertion): list, rotate, revoke.
     Keys {
         #[command(subcommand)]
@@ -209,9 +221,97 @@ pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Request::Audit { limit, before },
             json,
         ),
+        Command::Backup { file } => {
+            let path = absolute(&file)?;
+            admin(
+                cli.config.as_deref(),
+                &env,
+                Request::Backup {
+                    path: path.display().to_string(),
+                },
+                false,
+            )
+        }
+        Command::Restore { file } => restore(cli.config.as_deref(), &env, &file),
         Command::Keys { cmd } => crate::assertion::run_cli(load(cli.config.as_deref(), &env)?, cmd)
             .map_err(Failure::runtime),
     }
+}
+
+/// `file` as an absolute path (the server resolves nothing relative to the CLI's directory).
+fn absolute(file: &Path) -> Result<PathBuf, Failure> {
+    std::path::absolute(file).map_err(|e| Failure::runtime(format!("{}: {e}", file.display())))
+}
+
+/// `headgate restore`: check the backup is a headgate store, refuse a running server or a target that holds
+/// data, then put a copy in place (atomically: copied beside the target, checked, renamed).
+fn restore(
+    flag: Option<&Path>,
+    env: &HashMap<String, String>,
+    file: &Path,
+) -> Result<ExitCode, Failure> {
+    let config = load(flag, env)?;
+    let sock = socket::socket_path(&config.server.data_path);
+    let target = config.store_path();
+    runtime()?.block_on(async {
+        if let Ok(()) | Err(socket::ClientError::Failed(_)) =
+            socket::call(&sock, &Request::SessionsList).await.map(|_| ())
+        {
+            return Err(Failure::runtime(
+                "headgate serve is running on this store: stop it before restoring",
+            ));
+        }
+        if !file.is_file() {
+            return Err(Failure::runtime(format!("{}: no such backup file", file.display())));
+        }
+        prepare_data_dir(&config.server.data_path)?;
+        if target.exists() {
+            let existing = Store::open_redb(&target, crate::store::DEFAULT_CACHE_BYTES)
+                .map_err(|e| Failure::runtime(e.to_string()))?;
+            let empty = existing
+                .is_empty()
+                .await
+                .map_err(|e| Failure::runtime(e.to_string()))?;
+            drop(existing);
+            if !empty {
+                return Err(Failure::runtime(format!(
+                    "{} already holds users, sessions or keys: move it away first (restore never overwrites data)",
+                    target.display()
+                )));
+            }
+        }
+        let staging = target.with_extension("restoring");
+        let _ = std::fs::remove_file(&staging);
+        {
+            use std::io::Write;
+            let bytes = std::fs::read(file)
+                .map_err(|e| Failure::runtime(format!("{}: {e}", file.display())))?;
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create_new(true);
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+            let mut f = o
+                .open(&staging)
+                .map_err(|e| Failure::runtime(format!("{}: {e}", staging.display())))?;
+            f.write_all(&bytes)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| Failure::runtime(format!("{}: {e}", staging.display())))?;
+        }
+        // Opening checks it is a headgate store of a schema this binary understands (and migrates it).
+        match Store::open_redb(&staging, crate::store::DEFAULT_CACHE_BYTES) {
+            Ok(s) => drop(s),
+            Err(e) => {
+                let _ = std::fs::remove_file(&staging);
+                return Err(Failure::runtime(format!(
+                    "{} is not a usable headgate backup: {e}",
+                    file.display()
+                )));
+            }
+        }
+        std::fs::rename(&staging, &target)
+            .map_err(|e| Failure::runtime(format!("{}: {e}", target.display())))?;
+        println!("restored {} to {}", file.display(), target.display());
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Run an operator command: through the running server's admin socket when it answers, else on the store

@@ -58,6 +58,10 @@ pub enum Request {
         #[serde(default)]
         before: Option<u64>,
     },
+    /// A consistent copy of the store into a new file (an absolute path the server may write).
+    Backup {
+        path: String,
+    },
 }
 
 impl Request {
@@ -73,13 +77,17 @@ impl Request {
             Request::SessionsList => "sessions_list",
             Request::SessionsRevoke { .. } => "revoke_sessions",
             Request::Audit { .. } => "audit_read",
+            Request::Backup { .. } => "backup",
         }
     }
 
     fn is_read(&self) -> bool {
         matches!(
             self,
-            Request::UsersList | Request::SessionsList | Request::Audit { .. }
+            Request::UsersList
+                | Request::SessionsList
+                | Request::Audit { .. }
+                | Request::Backup { .. }
         )
     }
 
@@ -91,6 +99,7 @@ impl Request {
             | Request::UsersApproveLink { user }
             | Request::UsersTransferOwnership { user } => user.clone(),
             Request::SessionsRevoke { target } => target.clone(),
+            Request::Backup { path } => path.clone(),
             _ => String::new(),
         }
     }
@@ -332,6 +341,27 @@ async fn run(ctx: &Context, actor: &Actor, now: i64, req: Request) -> Result<Out
         Request::Audit { limit, before } => Ok(Output::Audit(
             store.audit(limit.clamp(1, MAX_AUDIT_LIMIT), before).await?,
         )),
+        Request::Backup { path } => {
+            let p = std::path::Path::new(&path);
+            if !p.is_absolute() {
+                return Err(OpError::Refused(format!(
+                    "{path:?} is not an absolute path"
+                )));
+            }
+            let rows = store.backup_to(p).await.map_err(|e| match e {
+                crate::store::StoreError::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                {
+                    OpError::Refused(format!(
+                        "{path} exists: choose a new file name (a backup never overwrites)"
+                    ))
+                }
+                e => OpError::Store(e),
+            })?;
+            Ok(Output::Done(Done {
+                message: format!("backed up {rows} rows to {path}"),
+            }))
+        }
     }
 }
 

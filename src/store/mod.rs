@@ -163,6 +163,19 @@ impl Store {
         r
     }
 
+    /// A consistent copy of the whole store in a new file at `dest` (refused when it exists), taken while
+    /// the store is in use. Returns how many rows were copied.
+    pub async fn backup_to(&self, dest: &Path) -> Result<u64, StoreError> {
+        dispatch!(self.backup_to(dest.to_path_buf()))
+    }
+
+    /// Whether the store holds no users, sessions, links, audit records or signing keys.
+    pub async fn is_empty(&self) -> Result<bool, StoreError> {
+        match &*self.backend {
+            Backend::Redb(b) => b.is_empty(),
+        }
+    }
+
     /// Where the data lives, for logs (`redb file /var/lib/headgate/headgate.redb`).
     pub fn location(&self) -> String {
         match &*self.backend {

@@ -15,8 +15,8 @@
 use super::records::*;
 use super::{SCHEMA_VERSION, StoreError};
 use ::redb::{
-    Builder, Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
-    TableHandle, WriteTransaction,
+    Builder, Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    Table, TableDefinition, TableHandle, WriteTransaction,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -347,6 +347,63 @@ impl RedbStore {
         let me = self.clone();
         let task = tokio::task::spawn_blocking(move || me.read(f));
         self.join(task.await)
+    }
+
+    /// Copy every table, as one read transaction sees it (a consistent snapshot, taken while writes go
+    /// on), into a new redb file at `dest` (created 0600; an existing file is refused). Returns how many
+    /// rows were copied.
+    pub(super) async fn backup_to(&self, dest: PathBuf) -> Result<u64, StoreError> {
+        let shared = self.shared.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create_new(true);
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+            o.open(&dest).map_err(|source| StoreError::Io {
+                path: dest.clone(),
+                source,
+            })?;
+            let copy = || -> Result<u64, Fail> {
+                let src = shared.db.begin_read()?;
+                let out = Builder::new().create(&dest)?;
+                let txn = out.begin_write()?;
+                let mut n = 0;
+                n += copy_table(&src, &txn, META)?;
+                n += copy_table(&src, &txn, USERS)?;
+                n += copy_table(&src, &txn, USERS_BY_SUBJECT)?;
+                n += copy_table(&src, &txn, LINKS)?;
+                n += copy_table(&src, &txn, LINKS_BY_USER)?;
+                n += copy_table(&src, &txn, SESSIONS)?;
+                n += copy_table(&src, &txn, SESSIONS_BY_USER)?;
+                n += copy_table(&src, &txn, SESSIONS_BY_EXPIRY)?;
+                n += copy_table(&src, &txn, AUDIT)?;
+                n += copy_table(&src, &txn, RATE_LIMITS)?;
+                n += copy_table(&src, &txn, SIGNING_KEYS)?;
+                txn.commit()?;
+                Ok(n)
+            };
+            match copy() {
+                Ok(n) => Ok(n),
+                Err(f) => {
+                    // No half-written backup left behind to be mistaken for a good one.
+                    let _ = std::fs::remove_file(&dest);
+                    Err(f.into_store(&dest))
+                }
+            }
+        });
+        self.join(task.await)
+    }
+
+    /// Whether the store holds anything besides its schema marker (restore refuses such a target).
+    pub(super) fn is_empty(&self) -> Result<bool, StoreError> {
+        self.read(|txn| {
+            let mut any = false;
+            any |= !txn.open_table(USERS)?.is_empty()?;
+            any |= !txn.open_table(SESSIONS)?.is_empty()?;
+            any |= !txn.open_table(LINKS)?.is_empty()?;
+            any |= !txn.open_table(AUDIT)?.is_empty()?;
+            any |= !txn.open_table(SIGNING_KEYS)?.is_empty()?;
+            Ok(!any)
+        })
     }
 
     fn join<T>(
@@ -1101,6 +1158,23 @@ fn guard_panic<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T, StoreError> {
 // ----- helpers inside a transaction -----
 
 /// Create the file (readable by this user only, S17) if it does not exist yet; redb then opens it.
+/// Copy one table's rows from a read snapshot into a write transaction.
+fn copy_table<K: ::redb::Key + 'static, V: ::redb::Value + 'static>(
+    src: &ReadTransaction,
+    dst: &WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<u64, Fail> {
+    let from = src.open_table(def)?;
+    let mut to = dst.open_table(def)?;
+    let mut n = 0;
+    for row in from.iter()? {
+        let (k, v) = row?;
+        to.insert(k.value(), v.value())?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 fn create_private(path: &Path) -> Result<(), StoreError> {
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create_new(true);

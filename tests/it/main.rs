@@ -6,6 +6,7 @@ mod harness;
 
 mod api_key_login;
 mod assertion;
+mod backup;
 mod bridge;
 mod check_config;
 mod cli;
