@@ -105,17 +105,15 @@ impl Tracker {
                     data = &data[1..];
                 }
                 State::Head | State::ChunkSize | State::Trailers => {
-                    let before = self.buf.len();
-                    self.buf.extend_from_slice(data);
+                    // Only the bytes up to the end of the line (or head) are copied: a read full of tiny
+                    // chunks costs one pass, not one copy of the rest per chunk.
                     let found = if self.state == State::Head {
-                        head_end(&self.buf, before.saturating_sub(2))
+                        head_end(&self.buf, data)
                     } else {
-                        self.buf[before..]
-                            .iter()
-                            .position(|b| *b == b'\n')
-                            .map(|p| before + p + 1)
+                        data.iter().position(|b| *b == b'\n').map(|p| p + 1)
                     };
-                    let Some(pos) = found else {
+                    let Some(used) = found else {
+                        self.buf.extend_from_slice(data);
                         data = &[];
                         if self.buf.len() > MAX_LINE_BYTES {
                             let from = self.heads;
@@ -123,18 +121,17 @@ impl Tracker {
                         }
                         continue;
                     };
+                    self.buf.extend_from_slice(&data[..used]);
                     // Bytes after the line belong to what follows.
-                    let used = pos - before;
                     data = &data[used..];
                     let line = std::mem::take(&mut self.buf);
-                    let line = &line[..pos];
                     match self.state {
-                        State::Head => self.head(line),
-                        State::ChunkSize => self.chunk_size(line),
+                        State::Head => self.head(&line),
+                        State::ChunkSize => self.chunk_size(&line),
                         _ => {
                             if line == b"\r\n" {
                                 self.state = State::Head;
-                            } else if !line.ends_with(b"\r\n") {
+                            } else if !line.ends_with(b"\r\n") || line.len() > MAX_LINE_BYTES {
                                 let from = self.heads;
                                 self.stop(from);
                             }
@@ -216,21 +213,24 @@ impl Tracker {
     }
 }
 
-/// The end of a request head in `buf` (searching from `from`): an empty line, with CRLF or bare LF line
-/// endings as hyper accepts them (`\n\n`, `\n\r\n`).
-fn head_end(buf: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            match (buf.get(i + 1), buf.get(i + 2)) {
-                (Some(b'\n'), _) => return Some(i + 2),
-                (Some(b'\r'), Some(b'\n')) => return Some(i + 3),
-                _ => {}
-            }
+/// Where a request head ends within `data`, given the head's bytes so far in `prev`: the number of bytes
+/// of `data` up to and including the empty line, with CRLF or bare LF line endings as hyper accepts them
+/// (`\n\n`, `\n\r\n`).
+fn head_end(prev: &[u8], data: &[u8]) -> Option<usize> {
+    let at = |j: isize| -> Option<u8> {
+        if j >= 0 {
+            data.get(j as usize).copied()
+        } else {
+            let k = prev.len() as isize + j;
+            (k >= 0).then(|| prev[k as usize])
         }
-        i += 1;
-    }
-    None
+    };
+    data.iter().enumerate().find_map(|(i, b)| {
+        let i = i as isize;
+        let end = *b == b'\n'
+            && (at(i - 1) == Some(b'\n') || (at(i - 1) == Some(b'\r') && at(i - 2) == Some(b'\n')));
+        end.then_some(i as usize + 1)
+    })
 }
 
 /// What the server asks about each request of a connection.
@@ -398,6 +398,18 @@ mod tests {
         let mut s = b"GET / HTTP/1.1\r\nX: ".to_vec();
         s.resize(MAX_LINE_BYTES + 10, b'a');
         assert_eq!(all_steps(&s, 1), vec![true]);
+    }
+
+    #[test]
+    fn many_tiny_chunks_are_followed_in_one_pass() {
+        let mut s = b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..100_000 {
+            s.extend_from_slice(b"1\r\na\r\n");
+        }
+        s.extend_from_slice(b"0\r\n\r\nGET /y HTTP/1.1\r\n\r\n");
+        let started = std::time::Instant::now();
+        assert_eq!(refused(&s, 64 * 1024, 2), vec![false, false]);
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
 
     #[test]
