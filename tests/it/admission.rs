@@ -2,6 +2,7 @@
 //! stream, since a client library would normalise some of these), cleartext HTTP/2 and HTTP/2 over TLS
 //! (S9): every refusal is answered by headgate and the upstream never sees the request; the forms that are
 //! admitted arrive re-encoded as `application/x-www-form-urlencoded` with exactly the fields decided on.
+//! Cross-origin unsafe requests (S8) are refused the same way.
 
 use crate::gated::{self, Gated, Principal};
 use crate::wire::{self, Answer, H2Target, Proto};
@@ -22,6 +23,8 @@ struct Case {
     status: u16,
     /// Only HTTP/1.1 can carry it (HTTP/2 has no `Transfer-Encoding`, and one `:authority`).
     h1_only: bool,
+    /// Send no `Origin` of the site's own (the case sets its own origin signals, or none).
+    no_origin: bool,
 }
 
 fn case(what: &'static str, method: &'static str, target: &str, status: u16) -> Case {
@@ -35,6 +38,7 @@ fn case(what: &'static str, method: &'static str, target: &str, status: u16) -> 
         host: None,
         status,
         h1_only: false,
+        no_origin: false,
     }
 }
 
@@ -59,6 +63,10 @@ impl Case {
     }
     fn own_framing(mut self) -> Case {
         self.own_framing = true;
+        self
+    }
+    fn no_origin(mut self) -> Case {
+        self.no_origin = true;
         self
     }
 }
@@ -270,6 +278,26 @@ fn refusals() -> Vec<Case> {
             .header("upgrade", "h2c")
             .header("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")
             .h1_only(),
+        // S8: unsafe requests from another origin, or saying nothing about where they come from.
+        case("cross-site Origin", "POST", "/admin/users", 403)
+            .form(URLENC, "action_id=create_user&username=x")
+            .header("origin", "https://evil.example")
+            .no_origin(),
+        case("Origin null", "POST", "/admin/users", 403)
+            .form(URLENC, "action_id=create_user&username=x")
+            .header("origin", "null")
+            .no_origin(),
+        case("cross-site Referer", "POST", "/admin/users", 403)
+            .form(URLENC, "action_id=create_user&username=x")
+            .header("referer", "https://evil.example/admin/users")
+            .no_origin(),
+        case("cross-site Sec-Fetch-Site", "POST", "/admin/users", 403)
+            .form(URLENC, "action_id=create_user&username=x")
+            .header("sec-fetch-site", "cross-site")
+            .no_origin(),
+        case("no origin at all", "POST", "/admin/users", 403)
+            .form(URLENC, "action_id=create_user&username=x")
+            .no_origin(),
         // Hosts.
         case("unknown Host", "GET", "/admin/users", 421).host("evil.example"),
         case("unknown Host, our port", "GET", "/admin/users", 421).host("localhost:{port}"),
@@ -324,6 +352,30 @@ fn admitted() -> Vec<(Case, &'static str)> {
             "action_id=create_user&username=bob+%26+co%3D1%0D%0Aline+2&tags=a&tags=b",
         ),
         (
+            case(
+                "same-origin Referer, no Origin",
+                "POST",
+                "/admin/users",
+                200,
+            )
+            .form(URLENC, "action_id=create_user&username=r")
+            .header("referer", "http://127.0.0.1:{port}/admin/users")
+            .no_origin(),
+            "action_id=create_user&username=r",
+        ),
+        (
+            case(
+                "Sec-Fetch-Site: same-origin only",
+                "POST",
+                "/admin/users",
+                200,
+            )
+            .form(URLENC, "action_id=create_user&username=s")
+            .header("sec-fetch-site", "same-origin")
+            .no_origin(),
+            "action_id=create_user&username=s",
+        ),
+        (
             case("chunked", "POST", "/admin/users", 200)
                 .form(
                     URLENC,
@@ -356,10 +408,14 @@ async fn send(
         Proto::H1 => {
             let mut head: Vec<(&str, String)> =
                 vec![("Host", host), ("Cookie", who.cookie.clone())];
-            if c.method != "GET" {
+            if c.method != "GET" && !c.no_origin {
                 head.push(("Origin", origin));
             }
-            head.extend(c.headers.iter().cloned());
+            head.extend(
+                c.headers
+                    .iter()
+                    .map(|(n, v)| (*n, v.replace("{port}", &e.site.port.to_string()))),
+            );
             if !c.own_framing && !c.body.is_empty() {
                 head.push(("Content-Length", c.body.len().to_string()));
             }
@@ -372,10 +428,14 @@ async fn send(
         Proto::H2c | Proto::H2Tls => {
             let target = String::from_utf8(c.target.clone()).map_err(|e| e.to_string())?;
             let mut head: Vec<(&str, String)> = vec![("cookie", who.cookie.clone())];
-            if c.method != "GET" {
+            if c.method != "GET" && !c.no_origin {
                 head.push(("origin", origin));
             }
-            head.extend(c.headers.iter().cloned());
+            head.extend(
+                c.headers
+                    .iter()
+                    .map(|(n, v)| (*n, v.replace("{port}", &e.site.port.to_string()))),
+            );
             let refs: Vec<(&str, &str)> = head.iter().map(|(n, v)| (*n, v.as_str())).collect();
             h2.send(c.method, &host, &target, &refs, &c.body).await
         }
