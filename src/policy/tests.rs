@@ -275,6 +275,9 @@ const TABLE: &[Case] = &[
     get(BOTH, "/adminx",                      DENY),
 
     // ---- POST: machines -------------------------------------------------------------------------------
+    // Own rights (O) also need read_machines: a member, even linked and owning the node, is refused. This is
+    // stricter than policy.md's literal "write_machines, or the node ... belongs to the caller" (headgate's
+    // choice: own rights belong to people who can see the machines page).
     post(BOTH, "/admin/machines", &[("action_id", "register"), ("register_key", "k"), ("user", "1")], "AADADDDA"),
     post(BOTH, "/admin/machines", &[("action_id", "rename"), ("name", "x")], "AAOAOODA"),
     post(BOTH, "/admin/machines", &[("action_id", "expire")],                 "AAOAOODA"),

@@ -87,6 +87,9 @@ const ROWS: &[Row] = &[
     get("/other",                                             DENY),
 
     // ---- POST /machines ---------------------------------------------------------------------------------
+    // Own rights (O) also need read_machines: a member, even linked and owning the node, is refused. This is
+    // stricter than policy.md's literal "write_machines, or the node ... belongs to the caller" (headgate's
+    // choice: own rights belong to people who can see the machines page).
     post("/admin/machines",                 &[("action_id", "register"), ("register_key", "k"), ("user", "1")], "AADADDDA"),
     post("/admin/machines?index",           &[("action_id", "rename"), ("node_id", "{node}"), ("name", "new name")], "AAOAOODA"),
     post("/admin/machines.data",            &[("action_id", "expire"), ("node_id", "{node}")], "AAOAOODA"),

@@ -186,6 +186,7 @@ async fn class1_every_hostile_rd_lands_on_admin() {
 fn spoofs(proto: Proto) -> Vec<(&'static str, &'static str)> {
     let mut v = vec![
         ("remote-user", "admin"),
+        ("remote-user", "admin-repeated"),
         ("remote_user", "admin-underscore"),
         ("remote-email", "ceo@example.com"),
         ("remote_email", "ceo2@example.com"),
