@@ -433,6 +433,23 @@ impl App {
             .as_ref()
             .map(|o| o.callback_path.as_str())
             .unwrap_or("/admin/oidc/callback");
+        if req
+            .extensions()
+            .get::<crate::server::framing::FramingConflict>()
+            .is_some()
+        {
+            // policy.md section 1: conflicting Content-Length/Transfer-Encoding (hyper resolved it out of
+            // sight; see `server::framing`).
+            return (
+                respond::error_page(
+                    StatusCode::BAD_REQUEST,
+                    "Request refused",
+                    "headgate refused this request (content_length_and_transfer_encoding).",
+                    None,
+                ),
+                "content_length_and_transfer_encoding",
+            );
+        }
         let path = req.uri().path();
         let m = req.method().clone();
         use crate::auth;

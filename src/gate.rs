@@ -215,6 +215,14 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<
         }
     };
 
+    // S8: an unsafe request must come from headgate's own origin (`Origin`, else `Referer`, else
+    // `Sec-Fetch-Site: same-origin`), forwarded ones included.
+    if !matches!(parts.method, Method::GET | Method::HEAD)
+        && !crate::csrf::same_origin(&parts.headers, &app.config.server.base_url)
+    {
+        return (refusal(403, "cross_origin"), out("deny", "cross_origin"));
+    }
+
     // 2. Session: a read, no network.
     let now = app.now();
     let mut clear_cookie = None;

@@ -156,8 +156,8 @@ impl HostAllowlist {
 }
 
 /// A `Host` value or allowlist entry: `name[:port]`, `a.b.c.d[:port]` or `[v6][:port]`; the name ASCII
-/// lower-cased (host case is not significant). A trailing dot, userinfo, an empty or non-numeric port are
-/// refused.
+/// lower-cased (host case is not significant). A trailing dot, userinfo, an empty or non-numeric port or
+/// a port with a leading zero are refused.
 pub fn parse_host_port(s: &str) -> Result<(String, Option<u16>), &'static str> {
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let end = rest.find(']').ok_or("host_malformed")?;
@@ -195,7 +195,12 @@ pub fn parse_host_port(s: &str) -> Result<(String, Option<u16>), &'static str> {
     let port = match port {
         None => None,
         Some(p) => {
-            if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            // One spelling per port: a leading zero (`:04180`) names the same port as `:4180`.
+            if p.is_empty()
+                || p.len() > 5
+                || !p.bytes().all(|b| b.is_ascii_digit())
+                || (p.len() > 1 && p.starts_with('0'))
+            {
                 return Err("host_malformed");
             }
             Some(p.parse::<u16>().map_err(|_| "host_malformed")?)
@@ -586,6 +591,9 @@ mod tests {
             "[::1]x",
             "hp..example.com",
             "hp_example.com",
+            "hp.example.com:0443",
+            "hp.example.com:00",
+            "[::1]:04180",
         ] {
             assert!(parse_host_port(bad).is_err(), "{bad:?}");
         }

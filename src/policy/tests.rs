@@ -275,6 +275,9 @@ const TABLE: &[Case] = &[
     get(BOTH, "/adminx",                      DENY),
 
     // ---- POST: machines -------------------------------------------------------------------------------
+    // Own rights (O) also need read_machines: a member, even linked and owning the node, is refused. This is
+    // stricter than policy.md's literal "write_machines, or the node ... belongs to the caller" (headgate's
+    // choice: own rights belong to people who can see the machines page).
     post(BOTH, "/admin/machines", &[("action_id", "register"), ("register_key", "k"), ("user", "1")], "AADADDDA"),
     post(BOTH, "/admin/machines", &[("action_id", "rename"), ("name", "x")], "AAOAOODA"),
     post(BOTH, "/admin/machines", &[("action_id", "expire")],                 "AAOAOODA"),
@@ -414,6 +417,63 @@ fn the_table_row_by_row() {
         }
     }
     assert!(checked > 900, "{checked} cases");
+}
+
+#[test]
+fn unlinked_people_have_no_own_rights_and_every_refusal_has_a_reason() {
+    // The same table for people without an approved link: an own right ('O') needs the caller's linked
+    // Headscale user (policy.md section 3), so it becomes a refusal; browser SSH in header mode needs a
+    // linked user too. Everything else is as for linked people.
+    let mut checked = 0;
+    for case in TABLE {
+        for mode in case.modes {
+            let p = policy(*mode);
+            let header_mode_ssh = *mode == Mode::ProxyAuth && case.path.starts_with("/admin/ssh");
+            let expect: String = case
+                .expect
+                .chars()
+                .enumerate()
+                .map(|(i, c)| match c {
+                    'O' => 'D',
+                    'A' if header_mode_ssh && i < 7 => 'D',
+                    c => c,
+                })
+                .collect();
+            for target in forms_of(case.path, case.method) {
+                let a = admitted(&p, case.method, &target);
+                let mut fields = case.form.to_vec();
+                if case.method == "POST" && matches!(a.row, Row::Machines { .. }) {
+                    fields.push(("node_id", "7"));
+                }
+                let f = form(&fields);
+                let f = (case.method == "POST").then_some(&f);
+                assert_eq!(
+                    codes(&p, &a, f, false),
+                    expect,
+                    "unlinked {mode:?} {} {target} {:?}",
+                    case.method,
+                    case.form
+                );
+                // Every decision names its reason; a refusal names only capabilities the caller lacks.
+                for linked in [true, false] {
+                    for who in principals(linked) {
+                        let d = p.decide(&a, f, Some(&who));
+                        let r = d.reason();
+                        assert!(
+                            !r.is_empty() && r.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                            "{target}: reason {r:?}"
+                        );
+                        if let Decision::Deny { missing, .. } = &d {
+                            assert_eq!(who.caps.0 & missing.0, 0, "{target}: {d:?} for {who:?}");
+                        }
+                        checked += 1;
+                    }
+                }
+                assert!(!p.decide(&a, f, None).reason().is_empty());
+            }
+        }
+    }
+    assert!(checked > 10_000, "{checked}");
 }
 
 #[test]

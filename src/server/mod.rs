@@ -1,6 +1,7 @@
 //! Listeners: TCP (optionally TLS), HTTP/1.1 and HTTP/2 (also cleartext h2 with prior knowledge), bounded
 //! header reads, graceful shutdown.
 
+pub mod framing;
 pub mod live;
 pub mod reload;
 pub mod tls;
@@ -8,6 +9,7 @@ pub mod tls;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -119,12 +121,23 @@ impl Server {
                 tls: tls.is_some(),
             };
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
+                // HTTP/1.1 requests are served one after the other; the watch has read each request's head
+                // before hyper hands it over, so the n-th call is the n-th head.
+                let watch = framing::Watch::default();
+                let served = AtomicU64::new(0);
+                let watched = watch.clone();
+                let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                     let app = live.app();
+                    if req.version() != http::Version::HTTP_2
+                        && watched.refuses(served.fetch_add(1, Ordering::SeqCst))
+                    {
+                        req.extensions_mut().insert(framing::FramingConflict);
+                    }
                     async move { Ok::<_, std::convert::Infallible>(app.handle(req, conn).await) }
                 });
                 match tls {
                     None => {
+                        let stream = framing::Watched::new(stream, watch);
                         let conn =
                             builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                         let _ = watcher.watch(conn.into_owned()).await;
@@ -143,6 +156,7 @@ impl Server {
                             }
                             Err(_) => return,
                         };
+                        let tls_stream = framing::Watched::new(tls_stream, watch);
                         let conn = builder
                             .serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
                         let _ = watcher.watch(conn.into_owned()).await;

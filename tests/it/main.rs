@@ -2,8 +2,11 @@
 //! library server, the real test IdP, fake Headscale, echo upstream) on its own ephemeral ports and temp
 //! directory; processes are killed when their guard drops and their logs are printed when a test fails.
 
+mod gated;
 mod harness;
+mod wire;
 
+mod admission;
 mod api_key_login;
 mod assertion;
 mod backup;
@@ -20,6 +23,9 @@ mod idp;
 mod login_page;
 mod onboarding;
 mod operations;
+mod own_rights;
+mod policy_matrix;
+mod proxy_corpora;
 mod serve;
 mod sessions;
 mod signin;
