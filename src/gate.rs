@@ -394,14 +394,14 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<
     if !public && let Some(bridge) = &app.bridge {
         match bridge.ticket().await {
             Ok(t) => {
-                append_cookie(&mut parts.headers, &t.cookie);
+                crate::proxy::bridge::attach(&mut parts.headers, &t);
                 // Bridged bodies are checked for the API key, so they must arrive uncompressed.
                 parts.headers.remove(header::ACCEPT_ENCODING);
                 ticket = Some(t);
             }
             Err(e) => {
-                tracing::error!("{e}");
-                return (bridge_unavailable(), out("error", "bridge_login"));
+                let r = crate::proxy::bridge::unavailable(&e);
+                return (r.response, out("error", r.reason));
             }
         }
     }
@@ -438,7 +438,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<
     let sent_at = std::time::Instant::now();
     let sent = upstream.send(parts, &path_and_query, upstream_body).await;
     app.metrics.upstream_latency(sent_at.elapsed());
-    let mut resp = match sent {
+    let resp = match sent {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("{e}");
@@ -458,59 +458,20 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<
             return (r, out("error", "upstream"));
         }
     };
-    if let (Some(bridge), Some(t)) = (&app.bridge, &ticket)
-        && crate::proxy::bridge::session_gone(&resp)
-    {
-        bridge.invalidate(t.generation);
-        match retry_headers {
-            Some(mut headers) => {
-                let t2 = match bridge.ticket().await {
-                    Ok(t2) => t2,
-                    Err(e) => {
-                        tracing::error!("{e}");
-                        return (bridge_unavailable(), out("error", "bridge_login"));
-                    }
-                };
-                strip_hp_auth(&mut headers);
-                append_cookie(&mut headers, &t2.cookie);
-                let mut b = Request::builder().method(method.clone());
-                if let Some(h) = b.headers_mut() {
-                    *h = headers;
-                }
-                let (p2, ()) = b.body(()).expect("a request from valid parts").into_parts();
-                let empty = Full::new(Bytes::new())
-                    .map_err(|never| match never {})
-                    .boxed();
-                resp = match upstream.send(p2, &path_and_query, empty).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!("{e}");
-                        return (bridge_unavailable(), out("error", "upstream"));
-                    }
-                };
-            }
-            None => {
-                // Never replay a state-changing request: the person retries it knowingly.
-                let r = respond::error_page(
-                    StatusCode::CONFLICT,
-                    "Please try again",
-                    "headgate had to renew its session with Headplane, so your change was not made.",
-                    Some("Go back and submit it again."),
-                );
-                return (r, out("error", "bridge_session_renewed"));
-            }
-        }
-    }
     if let Some((client, key)) = client_upgrade {
         return websocket_answer(app, session.as_ref(), resp, client, &key, reason);
     }
-    let status = resp.status();
-    let mut resp = match (&app.bridge, &ticket) {
-        (Some(_), Some(_)) => match scrub_api_key(resp, app).await {
-            Ok(r) => r,
-            Err(r) => return (r, out("error", "upstream_body")),
-        },
-        _ => forward::stream_back(resp),
+    // The bridge checks the answer for "session gone" (renewing; a GET/HEAD is sent once more, a POST
+    // never) and scrubs its API key from it.
+    let (status, mut resp) = match (&app.bridge, ticket) {
+        (Some(bridge), Some(t)) => {
+            let retry = retry_headers.map(|h| (method.clone(), h));
+            match bridge.finish(&path_and_query, t, resp, retry).await {
+                Ok(r) => (r.status(), r),
+                Err(r) => return (r.response, out("error", r.reason)),
+            }
+        }
+        _ => (resp.status(), forward::stream_back(resp)),
     };
     hygiene::clean_response(resp.headers_mut(), &app.config.upstream.pass_cookies, false);
     if let Some(s) = &session {
@@ -537,86 +498,6 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<
     }
     (resp, out("allow", reason))
 }
-
-/// Largest bridged response body headgate rewrites.
-const MAX_SCRUB_BYTES: usize = 32 * 1024 * 1024;
-
-/// Headplane shows an API-key session's key as the user's name in its pages and data: in the bridge that
-/// is headgate's own key, so every bridged response body has it replaced before the browser sees it.
-/// Event streams are passed through unbuffered (an open stream cannot be rewritten whole).
-async fn scrub_api_key(
-    resp: Response<Incoming>,
-    app: &App,
-) -> Result<Response<Body>, Response<Body>> {
-    let key = app
-        .config
-        .headscale
-        .as_ref()
-        .map(|h| h.api_key.expose().as_bytes().to_vec())
-        .unwrap_or_default();
-    let is_stream = is_event_stream(resp.headers());
-    let encoded = resp
-        .headers()
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
-    if encoded {
-        tracing::error!(
-            "Headplane compressed a bridged answer although headgate asked for none; refusing it"
-        );
-        return Err(respond::error_page(
-            StatusCode::BAD_GATEWAY,
-            "The application's answer could not be checked",
-            "headgate refuses to pass on an answer it could not check.",
-            None,
-        ));
-    }
-    if key.len() < 8 {
-        return Ok(forward::stream_back(resp));
-    }
-    if is_stream {
-        // An open stream cannot be read whole: it is scrubbed as it flows.
-        let mut resp = forward::stream_back(resp);
-        resp.headers_mut().remove(header::CONTENT_LENGTH);
-        return Ok(
-            resp.map(|b| crate::proxy::scrub::ScrubBody::new(b, key, API_KEY_HIDDEN).boxed())
-        );
-    }
-    let (mut parts, body) = resp.into_parts();
-    let bytes = match tokio::time::timeout(
-        forward::RESPONSE_TIMEOUT,
-        Limited::new(body, MAX_SCRUB_BYTES).collect(),
-    )
-    .await
-    {
-        Ok(Ok(b)) => b.to_bytes(),
-        _ => {
-            tracing::error!(
-                "a bridged response body could not be read whole (too large, broken or too slow)"
-            );
-            return Err(respond::error_page(
-                StatusCode::BAD_GATEWAY,
-                "The application's answer could not be checked",
-                "headgate refuses to pass on an answer it could not check.",
-                None,
-            ));
-        }
-    };
-    let scrubbed = crate::proxy::scrub::replace_all(&bytes, &key, API_KEY_HIDDEN);
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts
-        .headers
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(scrubbed.len()));
-    Ok(Response::from_parts(
-        parts,
-        Full::new(Bytes::from(scrubbed))
-            .map_err(|never| match never {})
-            .boxed(),
-    ))
-}
-
-/// What the bridge's API key is replaced with in answers to the browser.
-const API_KEY_HIDDEN: &[u8] = b"[api key hidden by headgate]";
 
 fn is_event_stream(h: &http::HeaderMap) -> bool {
     h.get(header::CONTENT_TYPE)
@@ -686,31 +567,6 @@ fn websocket_answer(
             verdict: "allow",
             reason,
         },
-    )
-}
-
-fn append_cookie(h: &mut http::HeaderMap, pair: &str) {
-    let merged = match h.get(header::COOKIE).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing}; {pair}"),
-        _ => pair.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&merged) {
-        h.insert(header::COOKIE, v);
-    }
-}
-
-fn strip_hp_auth(h: &mut http::HeaderMap) {
-    hygiene::strip_cookies(h, |n| n == "_hp_auth");
-}
-
-fn bridge_unavailable() -> Response<Body> {
-    respond::error_page(
-        StatusCode::BAD_GATEWAY,
-        "Headplane is unavailable",
-        "headgate could not sign in to Headplane.",
-        Some(
-            "Operators: check headscale.api_key and that Headplane is running (see headgate's log).",
-        ),
     )
 }
 

@@ -741,15 +741,18 @@ fn read_server(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<Ser
 fn read_upstream(s: &mut Section<'_>) -> UpstreamConfig {
     let url = s.string("url").and_then(|v| match Url::parse(&v) {
         Ok(u) if u.scheme() == "http" && u.host().is_some() => Some(u),
-        Ok(u) if u.scheme() == "unix" => {
+        Ok(u) if u.scheme() == "unix" => match check_unix_url(&u) {
+            Ok(()) => Some(u),
+            Err(m) => {
+                s.error("url", format!("{v:?}: {m}"));
+                None
+            }
+        },
+        Ok(_) => {
             s.error(
                 "url",
-                format!("{v:?}: unix-socket upstreams are not supported yet; use http://127.0.0.1:<port>"),
+                format!("{v:?} must be http://host:port or unix:/absolute/path.sock"),
             );
-            None
-        }
-        Ok(_) => {
-            s.error("url", format!("{v:?} must be http://host:port"));
             None
         }
         Err(e) => {
@@ -777,6 +780,8 @@ fn read_upstream(s: &mut Section<'_>) -> UpstreamConfig {
         && let Some(u) = &url
     {
         let loopback = match u.host() {
+            // A unix socket is local by construction (S11).
+            _ if u.scheme() == "unix" => true,
             Some(url::Host::Ipv4(a)) => a.is_loopback(),
             Some(url::Host::Ipv6(a)) => a.is_loopback(),
             Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
@@ -1164,6 +1169,60 @@ fn read_oidc(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<OidcC
         role_map,
         refresh_interval,
     })
+}
+
+/// The socket path of a `unix:` upstream URL (`unix:/abs/path.sock` or `unix:///abs/path.sock`),
+/// percent-decoded; `None` for any other URL.
+pub fn unix_socket_path(u: &Url) -> Option<PathBuf> {
+    if u.scheme() != "unix" || u.cannot_be_a_base() {
+        return None;
+    }
+    let p = percent_encoding::percent_decode_str(u.path())
+        .decode_utf8()
+        .ok()?;
+    Some(PathBuf::from(p.into_owned()))
+}
+
+/// `upstream.url = "unix:…"`: an absolute socket path whose directory exists, nothing else in the URL.
+fn check_unix_url(u: &Url) -> Result<(), String> {
+    const FORM: &str = "write unix:/absolute/path.sock or unix:///absolute/path.sock";
+    if u.cannot_be_a_base() {
+        return Err(format!("the socket path must be absolute: {FORM}"));
+    }
+    if u.host_str().is_some_and(|h| !h.is_empty()) || u.port().is_some() {
+        return Err(format!("a unix-socket URL names no host: {FORM}"));
+    }
+    if !u.username().is_empty()
+        || u.password().is_some()
+        || u.query().is_some()
+        || u.fragment().is_some()
+    {
+        return Err(format!(
+            "a unix-socket URL is only a path (no credentials, query or fragment): {FORM}"
+        ));
+    }
+    let path =
+        unix_socket_path(u).ok_or_else(|| format!("the socket path is not UTF-8: {FORM}"))?;
+    if !path.is_absolute() || path.file_name().is_none() {
+        return Err(format!("the socket path must be absolute: {FORM}"));
+    }
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    if !dir.is_dir() {
+        return Err(format!(
+            "the socket's directory {} does not exist (start the upstream first, or fix the path)",
+            dir.display()
+        ));
+    }
+    if let Ok(m) = std::fs::metadata(&path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !m.file_type().is_socket() {
+            return Err(format!(
+                "{} exists but is not a unix socket",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn http_url(s: &mut Section<'_>, key: &'static str, v: &str) -> Option<Url> {

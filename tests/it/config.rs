@@ -601,9 +601,15 @@ fn header_mode_only_to_loopback_unless_allowed() {
     ] {
         parse(&with(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
     }
-    // Unix sockets are refused with the way out, not silently mapped to TCP.
-    let errs = errors(&with("url = \"unix:/run/headplane.sock\""), &HashMap::new());
-    assert!(has(&errs, "upstream.url", "not supported yet"), "{errs:#?}");
+    // A unix socket is local: header mode needs no allow_remote_header_mode (more in unix_upstream.rs).
+    let dir = harness::tempdir();
+    parse(&with(&format!(
+        "url = \"unix:{}/hp.sock\"\nheadplane_login = \"proxy_auth\"",
+        dir.path().display()
+    )))
+    .unwrap();
+    let errs = errors(&with("url = \"unix:run/headplane.sock\""), &HashMap::new());
+    assert!(has(&errs, "upstream.url", "must be absolute"), "{errs:#?}");
     // The bridge without [headscale] is warned about.
     let w = parse(&with("url = \"http://127.0.0.1:3000\""))
         .unwrap()

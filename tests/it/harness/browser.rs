@@ -40,12 +40,27 @@ pub struct Page {
     pub url: Url,
     pub method: Method,
     pub status: u16,
+    /// The status line's reason phrase when the server sent one that is not the canonical phrase.
+    pub reason: Option<String>,
     pub headers: HeaderMap,
     pub body: String,
     form: Option<Vec<(String, String)>>,
 }
 
 impl Page {
+    /// A bare `200` page holding `body` (to exercise checks over pages).
+    pub fn for_scan(body: String) -> Page {
+        Page {
+            url: Url::parse("http://scan.test/").unwrap(),
+            method: Method::GET,
+            status: 200,
+            reason: None,
+            headers: HeaderMap::new(),
+            body,
+            form: None,
+        }
+    }
+
     pub fn status(&self) -> u16 {
         self.status
     }
@@ -159,6 +174,8 @@ pub struct Browser {
     jar: Mutex<Vec<Cookie>>,
     rejected: Mutex<Vec<(String, String)>>,
     default_headers: Mutex<Vec<(String, String)>>,
+    /// Every response this browser received, in order (see [`Browser::history`]).
+    history: Mutex<Vec<Page>>,
     secure_on_loopback: bool,
     /// Most redirects [`Browser::follow`] takes before it panics.
     pub max_hops: usize,
@@ -184,6 +201,7 @@ impl Browser {
             jar: Mutex::new(Vec::new()),
             rejected: Mutex::new(Vec::new()),
             default_headers: Mutex::new(Vec::new()),
+            history: Mutex::new(Vec::new()),
             secure_on_loopback: false,
             max_hops: 10,
         }
@@ -358,19 +376,31 @@ impl Browser {
         }
         let resp = req.send().await?;
         let status = resp.status().as_u16();
+        let reason = resp
+            .extensions()
+            .get::<hyper::ext::ReasonPhrase>()
+            .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned());
         let resp_headers = resp.headers().clone();
         for sc in resp_headers.get_all("set-cookie") {
             self.store_cookie(&url, &String::from_utf8_lossy(sc.as_bytes()));
         }
         let body = resp.text().await?;
-        Ok(Page {
+        let page = Page {
             url,
             method,
             status,
+            reason,
             headers: resp_headers,
             body,
             form,
-        })
+        };
+        self.history.lock().unwrap().push(page.clone());
+        Ok(page)
+    }
+
+    /// Every response this browser received so far (status, reason phrase, headers, body), in order.
+    pub fn history(&self) -> Vec<Page> {
+        self.history.lock().unwrap().clone()
     }
 
     // ---- the IdP's pages -----------------------------------------------------------------------------------------

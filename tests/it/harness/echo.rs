@@ -152,6 +152,44 @@ impl EchoBuilder {
         self.config.replies.push((path.into(), reply));
         self
     }
+    /// The same echo listening on a unix socket at `path` (created here; removed when the echo drops).
+    /// [`Echo::addr`] is then `0.0.0.0:0` and [`Echo::socket`] the path.
+    pub fn start_unix(self, path: &std::path::Path) -> Echo {
+        let shared = Arc::new(Shared {
+            config: Mutex::new(self.config),
+            log: Mutex::new(Vec::new()),
+            sse_open: AtomicUsize::new(0),
+            ws_open: AtomicUsize::new(0),
+        });
+        let listener =
+            std::os::unix::net::UnixListener::bind(path).expect("echo: bind unix socket");
+        listener.set_nonblocking(true).unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("echo-unix".into())
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(async move {
+                        let l = tokio::net::UnixListener::from_std(listener).unwrap();
+                        accept_loop_unix(l, shared, stop_rx).await
+                    });
+                })
+                .unwrap()
+        };
+        Echo {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            socket: Some(path.to_path_buf()),
+            shared,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
     pub fn start(self) -> Echo {
         let shared = Arc::new(Shared {
             config: Mutex::new(self.config),
@@ -178,6 +216,7 @@ impl EchoBuilder {
         };
         Echo {
             addr,
+            socket: None,
             shared,
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -188,6 +227,8 @@ impl EchoBuilder {
 /// A running echo upstream; stops when dropped.
 pub struct Echo {
     addr: SocketAddr,
+    /// The unix socket it listens on ([`EchoBuilder::start_unix`]).
+    socket: Option<std::path::PathBuf>,
     shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -200,6 +241,9 @@ impl Drop for Echo {
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        if let Some(p) = &self.socket {
+            let _ = std::fs::remove_file(p);
         }
         if std::thread::panicking() {
             let log = self
@@ -242,6 +286,11 @@ impl Echo {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The unix socket path, for an echo started with [`EchoBuilder::start_unix`].
+    pub fn socket(&self) -> Option<&std::path::Path> {
+        self.socket.as_deref()
     }
 
     fn log(&self) -> MutexGuard<'_, Vec<EchoRequest>> {
@@ -321,6 +370,25 @@ async fn accept_loop(
     }
 }
 
+/// The unix-socket variant: every peer shows as `0.0.0.0:0`.
+async fn accept_loop_unix(
+    listener: tokio::net::UnixListener,
+    shared: Arc<Shared>,
+    mut stop_rx: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = &mut stop_rx => break,
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    let peer = SocketAddr::from(([0, 0, 0, 0], 0));
+                    tokio::spawn(serve_conn(stream, peer, shared.clone()));
+                }
+            }
+        }
+    }
+}
+
 /// The bytes read from a connection so far (from `cursor` on: not yet attributed to a request).
 #[derive(Default)]
 struct Raw {
@@ -329,12 +397,12 @@ struct Raw {
 }
 
 /// A stream that keeps a copy of everything read from it.
-struct Recording {
-    inner: tokio::net::TcpStream,
+struct Recording<S> {
+    inner: S,
     raw: Arc<Mutex<Raw>>,
 }
 
-impl AsyncRead for Recording {
+impl<S: AsyncRead + Unpin> AsyncRead for Recording<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -352,7 +420,7 @@ impl AsyncRead for Recording {
     }
 }
 
-impl AsyncWrite for Recording {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Recording<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -378,7 +446,10 @@ impl AsyncWrite for Recording {
     }
 }
 
-async fn serve_conn(stream: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn serve_conn<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let raw = Arc::new(Mutex::new(Raw::default()));
     let io = TokioIo::new(Recording {
         inner: stream,

@@ -285,6 +285,8 @@ pub struct SessionInfo {
     pub logged_out: bool,
     /// Made undecodable by [`FakeHeadplane::garble_session`].
     pub garbled: bool,
+    /// The key this session acts with no longer works at Headscale ([`FakeHeadplane::kill_session_keys`]).
+    pub key_dead: bool,
 }
 
 /// A Headplane user (0.7 `proxy_auth` only: API-key sessions have no user).
@@ -333,6 +335,8 @@ struct State {
     login_attempts: usize,
     logouts: usize,
     stale_data: bool,
+    /// Every new session is undecodable from birth ([`FakeHeadplane::garble_new_sessions`]).
+    garble_new: bool,
     cache: Cache,
 }
 
@@ -445,6 +449,7 @@ impl FakeHeadplaneBuilder {
                 login_attempts: 0,
                 logouts: 0,
                 stale_data: self.stale_data,
+                garble_new: false,
                 cache: Cache::default(),
             }),
             http: reqwest::Client::builder()
@@ -681,6 +686,34 @@ impl FakeHeadplane {
         let g = format!("{head}{rest}");
         assert_ne!(g, cookie);
         g
+    }
+
+    /// 0.7: every session is logged out (as `POST /admin/logout` with its cookie would; 0.7 then refuses the
+    /// cookie with the "session gone" answers). Panics on 0.6.3, whose logout does not end a session.
+    pub fn log_out_all_sessions(&self) {
+        assert_eq!(
+            self.version(),
+            Version::V07,
+            "Headplane 0.6.3 keeps accepting a logged-out cookie"
+        );
+        for s in self.st().sessions.iter_mut() {
+            s.logged_out = true;
+        }
+    }
+    /// Every existing session's key stops working at Headscale (as if the key each was signed in with had
+    /// been revoked or had expired), while a new sign-in with a valid key works: Headplane then answers as
+    /// in the `e07`–`e11`, `e13`–`e15`, `x6`, `x9` transcripts (the key re-check on page loads ends the
+    /// session; leaf-only loads and `.data` posts report Headscale's 401; 0.7 leaf-only loads serve cached
+    /// data while [`stale_data`](Self::stale_data) is on).
+    pub fn kill_session_keys(&self) {
+        for s in self.st().sessions.iter_mut() {
+            s.key_dead = true;
+        }
+    }
+    /// Sessions are undecodable from birth (as behind a load balancer whose Headplane replicas have
+    /// different `cookie_secret`s): every sign-in "succeeds", and the cookie is refused on first use.
+    pub fn garble_new_sessions(&self, on: bool) {
+        self.st().garble_new = on;
     }
 
     /// 0.7: flip the stale-data behaviour of leaf-only revalidations (see the builder).
@@ -1517,8 +1550,14 @@ fn server_key(sh: &Shared) -> String {
     sh.cfg.server_api_key.clone().unwrap_or_default()
 }
 
+/// What a session with a dead key sends Headscale: a key Headscale does not know (answered 401, as a
+/// revoked key is).
+const DEAD_KEY: &str =
+    "hskey-api-deadsession0-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+
 fn key_of(sh: &Shared, who: &Who) -> String {
     match who {
+        Who::Session(s) if s.key_dead => DEAD_KEY.to_string(),
         Who::Session(s) => s.api_key.clone(),
         _ => server_key(sh),
     }
@@ -1763,13 +1802,15 @@ async fn login(sh: &Shared, ctx: &Ctx, data: bool) -> Reply {
     {
         let mut st = sh.st();
         st.logins += 1;
+        let garbled = st.garble_new;
         st.sessions.push(SessionInfo {
             cookie: cookie.clone(),
             api_key: key,
             created: now(),
             expires_at,
             logged_out: false,
-            garbled: false,
+            garbled,
+            key_dead: false,
         });
     }
     let set_cookie = format!("{COOKIE}={cookie}{}", set_cookie_attrs(cfg, max_age, false));

@@ -10,6 +10,7 @@ pub mod headgate;
 pub mod headplane;
 pub mod idp;
 pub mod inproc;
+pub mod leaks;
 pub mod process;
 pub mod rogue;
 pub mod stack;
