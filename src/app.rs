@@ -58,6 +58,8 @@ pub struct App {
     pub(crate) bridge: Option<crate::proxy::bridge::Bridge>,
     pub(crate) policy: crate::policy::Policy,
     pub(crate) identity_names: crate::proxy::hygiene::IdentityNames,
+    /// The hosts the forward-auth verdicts protect: `server.base_url`'s and `forward_auth.hosts`.
+    pub(crate) forward_auth_hosts: crate::policy::HostAllowlist,
     audit_tx: mpsc::Sender<crate::store::NewAuditEvent>,
 }
 
@@ -142,10 +144,19 @@ impl App {
             .headscale
             .as_ref()
             .map(|h| Headscale::new(http.clone(), h.url.clone(), h.api_key.clone()));
-        let redirects = RedirectPolicy::new(
-            &config.server.base_url,
-            &config.server.allowed_redirect_domains,
+        // Hosts protected by forward-auth are return targets too (sign-in sends the person back to them).
+        let mut redirect_domains = config.server.allowed_redirect_domains.clone();
+        redirect_domains.extend(
+            config
+                .forward_auth
+                .hosts
+                .iter()
+                .filter_map(|h| crate::policy::parse_host_port(h).ok())
+                .map(|(h, _)| h),
         );
+        let redirects = RedirectPolicy::new(&config.server.base_url, &redirect_domains);
+        let forward_auth_hosts =
+            crate::policy::HostAllowlist::new(&config.server.base_url, &config.forward_auth.hosts);
         let assertions = Assertions::new(&config, store.clone(), keys.clone(), random.clone());
         assertions.load_blocking(clock.now());
         let app = App {
@@ -166,6 +177,7 @@ impl App {
             bridge,
             policy,
             identity_names: crate::proxy::hygiene::IdentityNames::default(),
+            forward_auth_hosts,
             audit_tx,
         };
         (
@@ -325,6 +337,9 @@ impl App {
                 crate::admin::users_page::post(self, req).await,
                 "users_action",
             ),
+            (_, p) if p.starts_with(crate::forward_auth::PREFIX) => {
+                crate::forward_auth::verdict(self, req, conn).await
+            }
             (&Method::GET | &Method::HEAD, "/_headgate/whoami") => {
                 (auth::whoami(self, &req).await, "whoami")
             }

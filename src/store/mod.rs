@@ -23,6 +23,7 @@ pub use records::{
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The schema version this binary writes and understands. A file with a newer version is refused; an older
 /// one is migrated at open.
@@ -86,6 +87,8 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<Backend>,
+    /// Test hook: while set, the per-request reads (sessions, users, links) fail as an unreadable file would.
+    fail_reads: Arc<AtomicBool>,
 }
 
 enum Backend {
@@ -123,7 +126,25 @@ impl Store {
         let b = redb::RedbStore::open(path, cache_size_bytes)?;
         Ok(Store {
             backend: Arc::new(Backend::Redb(b)),
+            fail_reads: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Test hook (fail-closed tests, forward-auth.md class 7): while `on`, every per-request read (session,
+    /// user, link) fails with an I/O error, on every clone of this store. Not reachable from configuration.
+    #[doc(hidden)]
+    pub fn fail_reads_for_test(&self, on: bool) {
+        self.fail_reads.store(on, Ordering::SeqCst);
+    }
+
+    fn check_reads(&self) -> Result<(), StoreError> {
+        if self.fail_reads.load(Ordering::Relaxed) {
+            return Err(StoreError::Io {
+                path: PathBuf::from(self.location()),
+                source: std::io::Error::other("reads made to fail by a test hook"),
+            });
+        }
+        Ok(())
     }
 
     /// Where the data lives, for logs (`redb file /var/lib/headgate/headgate.redb`).
@@ -151,10 +172,12 @@ impl Store {
     }
 
     pub async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        self.check_reads()?;
         dispatch!(self.user(id))
     }
 
     pub async fn user_by_subject(&self, subject: &str) -> Result<Option<User>, StoreError> {
+        self.check_reads()?;
         dispatch!(self.user_by_subject(subject))
     }
 
@@ -196,6 +219,7 @@ impl Store {
     }
 
     pub async fn link_of_user(&self, user_id: UserId) -> Result<Option<Link>, StoreError> {
+        self.check_reads()?;
         dispatch!(self.link_of_user(user_id))
     }
 
@@ -234,6 +258,7 @@ impl Store {
 
     /// The session, if stored (expired or not: the caller compares `expires` with its clock). Only reads.
     pub async fn session(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StoreError> {
+        self.check_reads()?;
         dispatch!(self.session(*key))
     }
 
