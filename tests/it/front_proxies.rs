@@ -201,6 +201,23 @@ async fn front_proxy_flow(kind: Kind) {
             .unwrap_or_else(|err| panic!("{name}: the assertion does not verify: {err:?}"));
     assert_eq!(serde_json::to_value(&claims).unwrap()["sub"], "admin-sub");
 
+    // A form post is decided without its body (the union of the page's actions) and reaches the upstream
+    // with its body intact.
+    let r = b
+        .post_form(
+            e.front.url("/admin/dns"),
+            &[("action_id", "add_ns"), ("ns", "1.1.1.1")],
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{name}: {}", r.text());
+    let seen = e.echo.last().unwrap();
+    assert_eq!(
+        (seen.method.as_str(), seen.uri.as_str()),
+        ("POST", "/admin/dns")
+    );
+    assert_eq!(seen.body_str(), "action_id=add_ns&ns=1.1.1.1", "{name}");
+    assert_eq!(seen.header("remote-user"), Some("admin-sub"));
+
     // Forbidden: a signed-in member without read_machines gets 403 and the upstream sees nothing.
     e.rogue.set_subject("member-sub");
     e.rogue.set_claim("email", "member@example.com");
@@ -217,6 +234,13 @@ async fn front_proxy_flow(kind: Kind) {
         .get_with(e.front.url("/admin/machines"), &with_spoof)
         .await;
     assert_eq!(r.status(), 403, "{name}: spoofed headers change nothing");
+    let r = m
+        .post_form(
+            e.front.url("/admin/dns"),
+            &[("action_id", "add_ns"), ("ns", "1.1.1.1")],
+        )
+        .await;
+    assert_eq!(r.status(), 403, "{name}: {}", r.text());
     assert_eq!(
         e.echo.count(),
         before,
