@@ -66,6 +66,8 @@ pub struct App {
     loaded_at: String,
     /// Background tasks that hold this App (stopped when a reload replaces it).
     tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+    /// The hosts the forward-auth verdicts protect: `server.base_url`'s and `forward_auth.hosts`.
+    pub(crate) forward_auth_hosts: crate::policy::HostAllowlist,
     audit_tx: mpsc::Sender<crate::store::NewAuditEvent>,
 }
 
@@ -150,10 +152,19 @@ impl App {
             .headscale
             .as_ref()
             .map(|h| Headscale::new(http.clone(), h.url.clone(), h.api_key.clone()));
-        let redirects = RedirectPolicy::new(
-            &config.server.base_url,
-            &config.server.allowed_redirect_domains,
+        // Hosts protected by forward-auth are return targets too (sign-in sends the person back to them).
+        let mut redirect_domains = config.server.allowed_redirect_domains.clone();
+        redirect_domains.extend(
+            config
+                .forward_auth
+                .hosts
+                .iter()
+                .filter_map(|h| crate::policy::parse_host_port(h).ok())
+                .map(|(h, _)| h),
         );
+        let redirects = RedirectPolicy::new(&config.server.base_url, &redirect_domains);
+        let forward_auth_hosts =
+            crate::policy::HostAllowlist::new(&config.server.base_url, &config.forward_auth.hosts);
         let assertions = Assertions::new(&config, store.clone(), keys.clone(), random.clone());
         assertions.load_blocking(clock.now());
         let identity_names = crate::proxy::hygiene::IdentityNames::from_config(&config.headers);
@@ -182,6 +193,7 @@ impl App {
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
             tasks: std::sync::Mutex::default(),
+            forward_auth_hosts,
             audit_tx,
         };
         (
@@ -477,6 +489,20 @@ impl App {
                 crate::admin::users_page::post(self, req).await,
                 "users_action",
             ),
+            (_, p) if p.starts_with(crate::forward_auth::PREFIX) => {
+                let started = Instant::now();
+                let (mut r, reason) = crate::forward_auth::verdict(self, req, conn).await;
+                self.metrics.forward_auth_latency(started.elapsed());
+                let verdict = match r.status().as_u16() {
+                    200 => "allow",
+                    401 | 302 | 303 => "login",
+                    500.. => "error",
+                    _ => "deny",
+                };
+                r.extensions_mut()
+                    .insert(crate::gate::Outcome { verdict, reason });
+                (r, "forward_auth")
+            }
             (&Method::GET | &Method::HEAD, "/_headgate/whoami") => {
                 (auth::whoami(self, &req).await, "whoami")
             }

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 
 use crate::app::{App, Body, Conn, LOGIN_PATH};
 use crate::auth::enc;
-use crate::policy::{self, Admission, Decision, DenyPage, Who};
+use crate::policy::{self, Admission, Admitted, Decision, DenyPage, Who};
 use crate::proxy::{forward, hygiene};
 use crate::respond;
 use crate::session::{Lookup, VerifiedSession};
@@ -30,7 +30,7 @@ pub struct Outcome {
     pub reason: &'static str,
 }
 
-fn wants_html(parts: &http::request::Parts) -> bool {
+pub(crate) fn wants_html(parts: &http::request::Parts) -> bool {
     let h = &parts.headers;
     h.get("sec-fetch-mode").is_some_and(|v| v == "navigate")
         || h.get(header::ACCEPT)
@@ -66,7 +66,7 @@ fn sign_in_answer(app: &App, parts: &http::request::Parts, data: bool) -> Respon
     }
 }
 
-fn deny_answer(
+pub(crate) fn deny_answer(
     s: Option<&VerifiedSession>,
     page: DenyPage,
     missing: crate::roles::Caps,
@@ -171,6 +171,96 @@ async fn owns_node(app: &App, node_id: &str, hs_user: &str) -> bool {
     }
 }
 
+/// Who is asking (DESIGN.md step 4), shared by the proxy and the forward-auth verdicts: the session of the
+/// cookie, the person's approved link, and what the policy needs to know about them.
+pub(crate) struct Caller {
+    pub session: Option<VerifiedSession>,
+    pub link: Option<crate::store::Link>,
+    /// `None`: signed out.
+    pub who: Option<Who>,
+    /// Set when the cookie names no valid session: the answer clears it.
+    pub clear_cookie: Option<String>,
+}
+
+pub(crate) enum CallerError {
+    /// More than one session cookie (S6).
+    SeveralSessionCookies,
+    /// The store failed: fail closed (forward-auth.md class 7).
+    Store(crate::store::StoreError),
+}
+
+/// The caller of a request: a read of the store, no lock, no network.
+pub(crate) async fn caller(
+    app: &App,
+    headers: &http::HeaderMap,
+    now: i64,
+) -> Result<Caller, CallerError> {
+    let mut clear_cookie = None;
+    let session = match app.sessions.lookup(headers, now).await {
+        Ok(Lookup::Valid(s)) => Some(*s),
+        Ok(Lookup::None) => None,
+        Ok(Lookup::Invalid) => {
+            clear_cookie = Some(app.sessions.clear_cookie());
+            None
+        }
+        Ok(Lookup::Ambiguous) => return Err(CallerError::SeveralSessionCookies),
+        Err(e) => {
+            tracing::error!(error = %e, "store failure: failing closed");
+            return Err(CallerError::Store(e));
+        }
+    };
+    let link = match session.as_ref().and_then(|s| s.user()) {
+        Some(u) => match app.store.link_of_user(u.id).await {
+            Ok(l) => l.filter(|l| l.state == LinkState::Approved),
+            Err(e) => return Err(CallerError::Store(e)),
+        },
+        None => None,
+    };
+    let who = session.as_ref().map(|s| match s.user() {
+        Some(u) => Who::person(u.role, link.as_ref().map(|l| l.headscale_user_id.clone())),
+        None => Who::api_key(),
+    });
+    Ok(Caller {
+        session,
+        link,
+        who,
+        clear_cookie,
+    })
+}
+
+/// What the decision sees of the request's body.
+pub(crate) enum Evidence<'a> {
+    /// The proxy: the parsed form of a POST to a built-in row (`None`: no form needed).
+    Form(Option<&'a policy::Form>),
+    /// Forward-auth: no body (`policy.md` section 4).
+    NoBody,
+}
+
+/// The decision (DESIGN.md step 5), shared by the proxy and the forward-auth verdicts: the pure policy, then
+/// the one ownership question asked of Headscale when a row needs it (failing closed).
+pub(crate) async fn decide(
+    app: &App,
+    admitted: &Admitted,
+    evidence: Evidence<'_>,
+    who: Option<&Who>,
+) -> Decision {
+    let decision = match evidence {
+        Evidence::Form(form) => app.policy.decide(admitted, form, who),
+        Evidence::NoBody => app.policy.decide_without_body(admitted, who),
+    };
+    match &decision {
+        Decision::AllowIfOwnsNode {
+            node_id,
+            headscale_user_id,
+            ..
+        } => {
+            let owns = owns_node(app, node_id, headscale_user_id).await;
+            decision.resolve_ownership(owns)
+        }
+        _ => decision,
+    }
+}
+
 /// Handle a request for the upstream.
 pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<Body>, Outcome) {
     let out = |verdict, reason| Outcome { verdict, reason };
@@ -225,15 +315,14 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<
 
     // 2. Session: a read, no network.
     let now = app.now();
-    let mut clear_cookie = None;
-    let session = match app.sessions.lookup(&parts.headers, now).await {
-        Ok(Lookup::Valid(s)) => Some(*s),
-        Ok(Lookup::None) => None,
-        Ok(Lookup::Invalid) => {
-            clear_cookie = Some(app.sessions.clear_cookie());
-            None
-        }
-        Ok(Lookup::Ambiguous) => {
+    let Caller {
+        session,
+        link,
+        who,
+        clear_cookie,
+    } = match caller(app, &parts.headers, now).await {
+        Ok(c) => c,
+        Err(CallerError::SeveralSessionCookies) => {
             let r = respond::with_cookies(
                 respond::json(
                     StatusCode::UNAUTHORIZED,
@@ -243,30 +332,13 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<
             );
             return (r, out("login", "several_session_cookies"));
         }
-        Err(e) => {
-            tracing::error!(error = %e, "store failure: failing closed");
+        Err(CallerError::Store(e)) => {
             return (
                 crate::auth::store_failure(&e),
                 out("error", "store_failure"),
             );
         }
     };
-    let link = match session.as_ref().and_then(|s| s.user()) {
-        Some(u) => match app.store.link_of_user(u.id).await {
-            Ok(l) => l.filter(|l| l.state == LinkState::Approved),
-            Err(e) => {
-                return (
-                    crate::auth::store_failure(&e),
-                    out("error", "store_failure"),
-                );
-            }
-        },
-        None => None,
-    };
-    let who = session.as_ref().map(|s| match s.user() {
-        Some(u) => Who::person(u.role, link.as_ref().map(|l| l.headscale_user_id.clone())),
-        None => Who::api_key(),
-    });
 
     // 3. The form, parsed once, strictly, when the row needs it.
     let mut form = None;
@@ -298,16 +370,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<
     }
 
     // 4. The decision (pure), with the one ownership question asked of Headscale when a row needs it.
-    let mut decision = app.policy.decide(&admitted, form.as_ref(), who.as_ref());
-    if let Decision::AllowIfOwnsNode {
-        node_id,
-        headscale_user_id,
-        ..
-    } = &decision
-    {
-        let owns = owns_node(app, node_id, headscale_user_id).await;
-        decision = decision.resolve_ownership(owns);
-    }
+    let decision = decide(app, &admitted, Evidence::Form(form.as_ref()), who.as_ref()).await;
     let reason = decision.reason();
     let public = match decision {
         Decision::Allow { public, .. } => public,
@@ -578,6 +641,23 @@ pub fn identity_of(
     link: Option<&crate::store::Link>,
     now: i64,
 ) -> Result<hygiene::Identity, crate::assertion::MintError> {
+    identity_for(
+        app,
+        s,
+        link,
+        now,
+        &crate::assertion::default_audience(&app.config),
+    )
+}
+
+/// [`identity_of`] with the assertion for `audience` (forward-auth: the original host's origin).
+pub fn identity_for(
+    app: &App,
+    s: Option<&VerifiedSession>,
+    link: Option<&crate::store::Link>,
+    now: i64,
+    audience: &str,
+) -> Result<hygiene::Identity, crate::assertion::MintError> {
     let mut id = hygiene::Identity::default();
     let Some(s) = s else { return Ok(id) };
     match (s.user(), &s.record().subject) {
@@ -606,11 +686,7 @@ pub fn identity_of(
         (None, SessionSubject::User(_)) => {}
     }
     let claims = crate::assertion::AssertionClaims::for_session(s, link);
-    id.assertion = app.assertions().mint(
-        &claims,
-        &crate::assertion::default_audience(&app.config),
-        now,
-    )?;
+    id.assertion = app.assertions().mint(&claims, audience, now)?;
     Ok(id)
 }
 

@@ -17,6 +17,7 @@ pub mod config;
 pub mod cookies;
 pub mod crypto;
 pub mod csrf;
+pub mod forward_auth;
 pub mod gate;
 pub mod headscale;
 pub mod health;

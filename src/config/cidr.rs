@@ -10,6 +10,11 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// `0.0.0.0/0` or `::/0`: every address.
+    pub fn is_everyone(&self) -> bool {
+        self.prefix == 0
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         // An IPv4 peer reaching a dual-stack socket shows up as ::ffff:a.b.c.d.
         let ip = match ip {

@@ -36,6 +36,7 @@ pub struct Config {
     pub onboarding: OnboardingConfig,
     pub policy: PolicyConfig,
     pub headers: HeadersConfig,
+    pub forward_auth: ForwardAuthConfig,
     /// Non-fatal findings (open-door defaults) shown by `serve` and `check-config`.
     pub warnings: Vec<String>,
 }
@@ -120,6 +121,17 @@ pub enum UserClaim {
     Sub,
     /// `<subject>@<issuer>`: unique across identity providers.
     SubAtIss,
+}
+
+/// `[forward_auth]`: the verdict endpoints (`/_headgate/auth/…`, `spec/forward-auth.md`).
+#[derive(Debug, Clone)]
+pub struct ForwardAuthConfig {
+    /// Hosts (`host[:port]`, lower case; no port = the base URL scheme's default) the verdicts protect besides
+    /// `server.base_url`'s; a verdict for any other host is 403.
+    pub hosts: Vec<String>,
+    /// Peers whose verdict requests count (their `X-Original-*`/`X-Forwarded-*` describe the original request);
+    /// any other peer gets 403. Default: loopback.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// S4: what a person's own pick of a Headscale user does.
@@ -314,6 +326,7 @@ impl Config {
         let onboarding_t = take_section(&mut root, "onboarding", &mut errors);
         let policy_t = take_section(&mut root, "policy", &mut errors);
         let headers_t = take_section(&mut root, "headers", &mut errors);
+        let forward_auth_t = take_section(&mut root, "forward_auth", &mut errors);
         for key in root.keys() {
             let mut msg = "unknown section".to_string();
             if let Some(s) = nearest(key, SECTIONS) {
@@ -397,6 +410,17 @@ impl Config {
             s.finish();
             r
         };
+        let forward_auth = {
+            let mut s = Section::new(
+                "forward_auth",
+                forward_auth_t.unwrap_or_default(),
+                env_of("forward_auth"),
+                &mut errors,
+            );
+            let r = read_forward_auth(&mut s);
+            s.finish();
+            r
+        };
         if !errors.is_empty() {
             return Err(fail(errors));
         }
@@ -419,6 +443,7 @@ impl Config {
             onboarding,
             policy,
             headers,
+            forward_auth,
             warnings: Vec::new(),
         };
         config.warnings = open_door_warnings(&config);
@@ -459,6 +484,9 @@ impl Config {
         collect("headers", &|s| {
             read_headers(s);
         });
+        collect("forward_auth", &|s| {
+            read_forward_auth(s);
+        });
         keys.sort();
         keys.dedup();
         keys
@@ -478,6 +506,7 @@ const SECTIONS: &[&str] = &[
     "onboarding",
     "policy",
     "headers",
+    "forward_auth",
 ];
 
 /// Apply `HEADGATE_<SECTION>__<KEY>[__<SUBKEY>]` variables; returns, per section, the keys they set.
@@ -987,6 +1016,45 @@ fn identity_header_name(v: &str) -> Result<String, String> {
         ));
     }
     Ok(name)
+}
+
+fn read_forward_auth(s: &mut Section<'_>) -> ForwardAuthConfig {
+    let hosts: Vec<String> = s.string_list("hosts").unwrap_or_default();
+    for (i, h) in hosts.iter().enumerate() {
+        if crate::policy::parse_host_port(h).is_err() || *h != h.to_ascii_lowercase() {
+            s.error(
+                &format!("hosts[{i}]"),
+                format!("{h:?} is not a lower-case host[:port] (e.g. \"app.example.com\")"),
+            );
+        }
+    }
+    let trusted_proxies = match s.string_list("trusted_proxies") {
+        None => vec![
+            "127.0.0.0/8".parse().expect("a valid network"),
+            "::1/128".parse().expect("a valid network"),
+        ],
+        Some(list) => {
+            let mut out = Vec::new();
+            for (i, raw) in list.iter().enumerate() {
+                match raw.parse::<Cidr>() {
+                    Ok(c) if c.is_everyone() => s.error(
+                        &format!("trusted_proxies[{i}]"),
+                        format!(
+                            "{raw:?}: anyone could then describe the request headgate decides on; list your front \
+                             proxies' addresses"
+                        ),
+                    ),
+                    Ok(c) => out.push(c),
+                    Err(e) => s.error(&format!("trusted_proxies[{i}]"), e),
+                }
+            }
+            out
+        }
+    };
+    ForwardAuthConfig {
+        hosts,
+        trusted_proxies,
+    }
 }
 
 fn read_headscale(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<HeadscaleConfig> {

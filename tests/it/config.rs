@@ -617,3 +617,81 @@ fn header_mode_only_to_loopback_unless_allowed() {
         .join("\n");
     assert!(w.contains("no [headscale] section"), "{w}");
 }
+
+#[test]
+fn forward_auth_hosts_and_trusted_proxies() {
+    let loopback = |c: &Config| {
+        let ips: [std::net::IpAddr; 3] = [
+            "127.0.0.1".parse().unwrap(),
+            "::1".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
+        ];
+        ips.map(|ip| {
+            c.forward_auth
+                .trusted_proxies
+                .iter()
+                .any(|n| n.contains(ip))
+        })
+    };
+    // Defaults: no extra hosts; only loopback may ask for verdicts.
+    let c = parse(&minimal()).unwrap();
+    assert!(c.forward_auth.hosts.is_empty());
+    assert_eq!(loopback(&c), [true, true, false]);
+    let c = parse(&format!(
+        "{}[forward_auth]\nhosts = [\"app.example.com\", \"grafana.internal:3000\"]\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
+        minimal()
+    ))
+    .unwrap();
+    assert_eq!(c.forward_auth.hosts.len(), 2);
+    assert_eq!(loopback(&c), [false, false, true]);
+    let c = parse(&format!(
+        "{}[forward_auth]\ntrusted_proxies = []\n",
+        minimal()
+    ))
+    .unwrap();
+    assert_eq!(
+        loopback(&c),
+        [false, false, false],
+        "an empty list trusts nobody"
+    );
+    // From the environment too.
+    let c = Config::parse(
+        "test.toml",
+        &minimal(),
+        &env(&[("HEADGATE_FORWARD_AUTH__HOSTS", "app.example.com")]),
+    )
+    .unwrap();
+    assert_eq!(c.forward_auth.hosts, vec!["app.example.com".to_string()]);
+    // Every problem names its key; "everyone" is never a front proxy.
+    let errs = errors(
+        &format!(
+            "{}[forward_auth]\nhosts = [\"App.example.com\", \"https://x\"]\ntrusted_proxies = [\"0.0.0.0/0\", \"::/0\", \"nowhere\"]\nhost = []\n",
+            minimal()
+        ),
+        &HashMap::new(),
+    );
+    assert!(
+        has(&errs, "forward_auth.hosts[0]", "host[:port]"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "forward_auth.hosts[1]", "host[:port]"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "forward_auth.trusted_proxies[0]", "anyone"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "forward_auth.trusted_proxies[1]", "anyone"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "forward_auth.trusted_proxies[2]", "IP network"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "forward_auth.host", "did you mean `hosts`?"),
+        "{errs:#?}"
+    );
+}

@@ -16,6 +16,8 @@ mod check_config;
 mod cli;
 mod config;
 mod fake_headscale;
+mod forward_auth;
+mod front_proxies;
 mod gate;
 mod headplane_double;
 mod identity;

@@ -6,6 +6,7 @@
 pub mod browser;
 pub mod echo;
 pub mod fake_headscale;
+pub mod front;
 pub mod headgate;
 pub mod headplane;
 pub mod idp;

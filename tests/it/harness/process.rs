@@ -126,6 +126,13 @@ impl ChildProcess {
         }
     }
 
+    /// Whether the process has exited (without waiting).
+    pub fn has_exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+
     /// Send a signal (by number) to the process.
     pub fn signal(&self, sig: i32) {
         let status = Command::new("kill")
