@@ -10,6 +10,7 @@ mod bridge;
 mod check_config;
 mod cli;
 mod config;
+mod deploy_files;
 mod fake_headscale;
 mod gate;
 mod headplane_double;
