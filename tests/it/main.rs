@@ -15,6 +15,7 @@ mod bridge_signals;
 mod check_config;
 mod cli;
 mod config;
+mod deploy_files;
 mod fake_headscale;
 mod forward_auth;
 mod front_proxies;
