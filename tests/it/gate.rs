@@ -37,16 +37,7 @@ fn env() -> Env {
 
 impl Env {
     async fn person(&self, sub: &str, email: &str) -> Browser {
-        self.rogue.set_subject(sub);
-        self.rogue.set_claim("email", email);
-        self.rogue.set_claim("email_verified", true);
-        self.rogue.set_claim("name", format!("Name of {sub}"));
-        let b = Browser::new();
-        let to_idp = b.get(self.site.url("/admin/oidc/start")).await;
-        let back = b.get(to_idp.location().unwrap().as_str()).await;
-        let done = b.get(back.location().unwrap().as_str()).await;
-        assert_eq!(done.status(), 302);
-        b
+        crate::harness::stack::rogue_person(&self.site, &self.rogue, sub, email).await
     }
 }
 

@@ -20,7 +20,9 @@ use crate::harness::free_port;
 use crate::harness::headgate::{Headgate, HeadgateConfig};
 use crate::harness::idp::{ALICE_LOGIN, ALICE_PASSWORD, ALICE_SUB, TestIdp};
 use crate::harness::rogue::RogueIdp;
-use crate::harness::stack::{Site, enc, final_landing, login_code, oidc_section, stack};
+use crate::harness::stack::{
+    Site, enc, final_landing, login_code, oidc_section, rogue_sign_in, stack,
+};
 
 const CSP: &str = "default-src 'self'; img-src 'self' https:; frame-ancestors 'none'";
 const STYLESHEET: &str = "/_headgate/static/headgate.css";
@@ -36,19 +38,6 @@ fn rogue_site(hs: Option<&FakeHeadscale>, server: &[(&str, &str)]) -> (Site, Rog
         cfg = cfg.server(k, v);
     }
     (site, rogue, cfg.start())
-}
-
-/// Start (with `rd`) → the rogue's authorize (redirects straight back) → callback; the callback's answer.
-async fn rogue_sign_in(b: &Browser, site: &Site, rd: Option<&str>) -> Page {
-    let start = match rd {
-        Some(rd) => site.url(&format!("/admin/oidc/start?rd={}", enc(rd))),
-        None => site.url("/admin/oidc/start"),
-    };
-    let to_idp = b.get(&start).await;
-    assert_eq!(to_idp.status(), 302, "start: {}", to_idp.text());
-    let back = b.get(to_idp.location().unwrap().as_str()).await;
-    assert_eq!(back.status(), 302, "rogue authorize");
-    b.get(back.location().unwrap().as_str()).await
 }
 
 fn in_two_hours() -> Option<OffsetDateTime> {

@@ -7,7 +7,7 @@ use crate::harness::headgate::{HeadgateConfig, TEST_SECRET};
 use crate::harness::idp::{ALICE_LOGIN, ALICE_PASSWORD, TestIdp};
 use crate::harness::rogue::{Forgery, RogueIdp};
 use crate::harness::stack::{
-    Site, enc, landing, login_code, oidc_section, onboarding_landing, sign_in, stack,
+    Site, enc, landing, login_code, oidc_section, onboarding_landing, rogue_sign_in, sign_in, stack,
 };
 
 /// headgate in front of the rogue IdP.
@@ -19,23 +19,6 @@ fn rogue_stack() -> (Site, RogueIdp, crate::harness::headgate::Headgate) {
         .section(oidc_section(rogue.issuer(), ""))
         .start();
     (site, rogue, hg)
-}
-
-/// Start → rogue authorize (redirects straight back) → callback; returns the callback's answer.
-async fn rogue_sign_in(
-    b: &Browser,
-    site: &Site,
-    rd: Option<&str>,
-) -> crate::harness::browser::Page {
-    let start = match rd {
-        Some(rd) => site.url(&format!("/admin/oidc/start?rd={}", enc(rd))),
-        None => site.url("/admin/oidc/start"),
-    };
-    let to_idp = b.get(&start).await;
-    assert_eq!(to_idp.status(), 302, "{}", to_idp.text());
-    let back = b.get(to_idp.location().unwrap().as_str()).await;
-    assert_eq!(back.status(), 302, "rogue authorize");
-    b.get(back.location().unwrap().as_str()).await
 }
 
 #[tokio::test]

@@ -58,14 +58,8 @@ fn env() -> Env {
 impl Env {
     /// Sign `sub` in; returns the session cookie pair (`headgate_session=…`).
     async fn person(&self, sub: &str) -> (Browser, String) {
-        self.rogue.set_subject(sub);
-        self.rogue.set_claim("email", format!("{sub}@example.com"));
-        self.rogue.set_claim("email_verified", true);
-        let b = Browser::new();
-        let to_idp = b.get(self.site.url("/admin/oidc/start")).await;
-        let back = b.get(to_idp.location().unwrap().as_str()).await;
-        let done = b.get(back.location().unwrap().as_str()).await;
-        assert_eq!(done.status(), 302);
+        let email = format!("{sub}@example.com");
+        let b = crate::harness::stack::rogue_person(&self.site, &self.rogue, sub, &email).await;
         let cookie = format!(
             "headgate_session={}",
             b.cookie(&self.site.base(), "headgate_session").unwrap()

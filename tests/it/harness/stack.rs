@@ -157,3 +157,33 @@ pub fn login_code(p: &Page) -> Option<String> {
         .find(|(k, _)| k == "s")
         .map(|(_, v)| v.into_owned())
 }
+
+/// Start (with `rd`) → the rogue IdP's authorize (it redirects straight back) → callback; the callback's answer.
+pub async fn rogue_sign_in(b: &Browser, site: &Site, rd: Option<&str>) -> Page {
+    let start = match rd {
+        Some(rd) => site.url(&format!("/admin/oidc/start?rd={}", enc(rd))),
+        None => site.url("/admin/oidc/start"),
+    };
+    let to_idp = b.get(&start).await;
+    assert_eq!(to_idp.status(), 302, "start: {}", to_idp.text());
+    let back = b.get(to_idp.location().unwrap().as_str()).await;
+    assert_eq!(back.status(), 302, "rogue authorize");
+    b.get(back.location().unwrap().as_str()).await
+}
+
+/// Sign `sub` in at the rogue IdP with a verified `email` and the name "Name of <sub>"; the signed-in browser.
+pub async fn rogue_person(
+    site: &Site,
+    rogue: &super::rogue::RogueIdp,
+    sub: &str,
+    email: &str,
+) -> Browser {
+    rogue.set_subject(sub);
+    rogue.set_claim("email", email);
+    rogue.set_claim("email_verified", true);
+    rogue.set_claim("name", format!("Name of {sub}"));
+    let b = Browser::new();
+    let done = rogue_sign_in(&b, site, None).await;
+    assert_eq!(done.status(), 302, "{}", done.text());
+    b
+}
