@@ -459,12 +459,6 @@ fn serve(flag: Option<&Path>, env: &HashMap<String, String>) -> Result<ExitCode,
         );
         let app = Arc::new(app);
         app.spawn_background(background);
-        // S17: the local admin socket for the CLI (the store is locked while serving).
-        let admin = AdminSocket::bind(&app.config().server.data_path)
-            .map_err(Failure::runtime)?
-            .spawn(Arc::new(Context::from_app(&app)))
-            .map_err(|e| Failure::runtime(format!("cannot serve the admin socket: {e}")))?;
-        tracing::info!("admin socket at {}", admin.path().display());
         let shutdown = server::shutdown_signal()
             .map_err(|e| Failure::runtime(format!("cannot install signal handlers: {e}")))?;
         let mut hangup = server::reload_signal()
@@ -473,6 +467,16 @@ fn serve(flag: Option<&Path>, env: &HashMap<String, String>) -> Result<ExitCode,
             .await
             .map_err(|e| Failure::runtime(e.to_string()))?;
         let live = server.live();
+        // S17: the local admin socket for the CLI (the store is locked while serving). Each command runs
+        // with the configuration current when it arrives (SIGHUP reloads included).
+        let admin = AdminSocket::bind(&app.config().server.data_path)
+            .map_err(Failure::runtime)?
+            .spawn({
+                let live = live.clone();
+                move || Context::from_app(&live.app())
+            })
+            .map_err(|e| Failure::runtime(format!("cannot serve the admin socket: {e}")))?;
+        tracing::info!("admin socket at {}", admin.path().display());
         if let Some(addr) = app.config().server.metrics_listen {
             let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 Failure::runtime(format!(

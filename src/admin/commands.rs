@@ -174,6 +174,7 @@ pub struct SessionRow {
 }
 
 /// What the commands work on: the store, Headscale (for `users link`), whether the IdP owns roles, time.
+#[derive(Clone)]
 pub struct Context {
     pub store: Store,
     pub headscale: Option<Headscale>,

@@ -138,12 +138,18 @@ impl AdminSocket {
     }
 
     /// Serve in the background (call inside a tokio runtime). Dropping the guard stops accepting and removes
-    /// the socket file.
-    pub fn spawn(self, ctx: Arc<Context>) -> io::Result<SocketGuard> {
+    /// the socket file. `ctx` gives the context each command runs with; `serve` builds it from the current
+    /// configuration ([`crate::server::live::Live::app`]), so a SIGHUP reload changes what the next command
+    /// sees (its Headscale key, whether the IdP owns roles).
+    pub fn spawn(
+        self,
+        ctx: impl Fn() -> Context + Send + Sync + 'static,
+    ) -> io::Result<SocketGuard> {
         self.listener.set_nonblocking(true)?;
         let ino = std::fs::symlink_metadata(&self.path).map(|m| (m.dev(), m.ino()))?;
         let listener = tokio::net::UnixListener::from_std(self.listener)?;
         let uid = self.uid;
+        let ctx = Arc::new(ctx);
         let task = tokio::spawn(async move {
             let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
             loop {
@@ -152,7 +158,7 @@ impl AdminSocket {
                 };
                 match listener.accept().await {
                     Ok((stream, _)) => {
-                        let ctx = ctx.clone();
+                        let ctx = ctx();
                         tokio::spawn(async move {
                             handle(stream, &ctx, uid).await;
                             drop(permit);

@@ -648,7 +648,7 @@ async fn the_socket_refuses_a_peer_with_another_uid() {
         idp_owns_roles: false,
         clock: Arc::new(headgate::clock::SystemClock),
     };
-    let _guard = server.spawn(Arc::new(ctx)).unwrap();
+    let _guard = server.spawn(move || ctx.clone()).unwrap();
 
     // A config pointing the CLI at that directory, readable by nobody.
     let config = open.path().join("headgate.toml");
@@ -722,12 +722,15 @@ async fn the_wire_protocol_refuses_malformed_requests() {
     let sock = dir.path().join("s.sock");
     let server = AdminSocket::bind_unchecked_for_tests(&sock).unwrap();
     let _guard = server
-        .spawn(Arc::new(Context {
-            store: store.clone(),
-            headscale: None,
-            idp_owns_roles: false,
-            clock: Arc::new(headgate::clock::SystemClock),
-        }))
+        .spawn({
+            let ctx = Context {
+                store: store.clone(),
+                headscale: None,
+                idp_owns_roles: false,
+                clock: Arc::new(headgate::clock::SystemClock),
+            };
+            move || ctx.clone()
+        })
         .unwrap();
     let ask = |line: Vec<u8>| {
         let sock = sock.clone();

@@ -24,6 +24,7 @@ mod headplane_double;
 mod identity;
 mod identity_headers;
 mod idp;
+mod log_secrets;
 mod login_page;
 mod onboarding;
 mod operations;

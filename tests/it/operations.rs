@@ -1,6 +1,6 @@
 //! Running it for real: readiness (upstream and store required, IdP informational), metrics, the request log
-//! line, SIGHUP reload (policy applied to the next request, sessions kept, broken files refused), SIGTERM
-//! finishing in-flight requests, and `headgate healthcheck`.
+//! line, SIGHUP reload (policy applied to the next request, sessions kept, broken files refused, the admin
+//! socket following the new configuration), SIGTERM finishing in-flight requests, and `headgate healthcheck`.
 
 use std::time::{Duration, Instant};
 
@@ -273,6 +273,54 @@ async fn sighup_applies_a_new_policy_keeps_sessions_and_refuses_a_broken_file() 
     assert_eq!(Browser::new().get(site.url("/status")).await.status(), 200);
     assert_eq!(owner.get(site.url("/_headgate/whoami")).await.status(), 200);
     assert_eq!(owner.get(site.url("/admin/machines")).await.status(), 200);
+}
+
+#[tokio::test]
+async fn the_admin_socket_follows_a_reload() {
+    let site = Site::new();
+    let rogue = RogueIdp::start();
+    let echo = Echo::start();
+    let mut hg = site
+        .config(None)
+        .section(upstream_section(&echo.url(), ""))
+        .section(oidc_section(rogue.issuer(), ""))
+        .start();
+    let _owner = sign_in(&site, &rogue, "owner-sub").await;
+    let _bob = sign_in(&site, &rogue, "bob-sub").await;
+    // serve holds the store: these commands go through its admin socket.
+    let (code, out, err) = hg
+        .config
+        .run(&["users", "set-role", "bob-sub@example.com", "admin"]);
+    assert_eq!(
+        code, 0,
+        "before the reload roles are headgate's: {out}{err}"
+    );
+    // Roles now come from the IdP (S13): after SIGHUP the socket refuses to set one.
+    reconfigure(&mut hg, |c| {
+        c.sections[1] = oidc_section(rogue.issuer(), "role_claim = \"role\"");
+    });
+    hg.process.signal(SIGHUP);
+    hg.process.wait_for_line(Duration::from_secs(10), |l| {
+        l.contains("configuration reloaded")
+    });
+    let (code, out, err) = hg
+        .config
+        .run(&["users", "set-role", "bob-sub@example.com", "viewer"]);
+    assert_eq!(code, 1, "the reloaded oidc.role_claim applies: {out}{err}");
+    assert!(
+        err.contains("roles come from the identity provider"),
+        "{err}"
+    );
+    let (code, out, err) = hg.config.run(&["users", "list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    let bob = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == "bob-sub@example.com")
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(bob["role"], "admin", "the refused change changed nothing");
 }
 
 fn reconfigure(hg: &mut Headgate, f: impl FnOnce(&mut crate::harness::headgate::HeadgateConfig)) {

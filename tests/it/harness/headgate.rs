@@ -111,7 +111,8 @@ impl HeadgateConfig {
         let addr = line
             .split("headgate listening on ")
             .nth(1)
-            .and_then(|r| r.split_whitespace().next())
+            // The address ends at a space (human log) or a quote (JSON log).
+            .and_then(|r| r.split(|c: char| c.is_whitespace() || c == '"').next())
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("cannot read the address from {line:?}"));
         Headgate {

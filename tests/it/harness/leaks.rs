@@ -11,6 +11,8 @@
 //! * S10 on answers from headgate's proxied paths: `Cache-Control: no-store, private`, `Vary: Cookie`, and
 //!   `Set-Cookie` only for headgate's own cookies and `upstream.pass_cookies`.
 //!
+//! [`Scanner::scan_log`] looks for the same encodings in a process's log, line by line (S20).
+//!
 //! This is an oracle written apart from headgate's scrubber: it shares no code with `src/`.
 
 use aho_corasick::AhoCorasick;
@@ -26,6 +28,37 @@ struct Needle {
     bytes: Vec<u8>,
     /// Compared ignoring ASCII case.
     fold: bool,
+}
+
+/// The needles compiled once for a scan.
+struct Matcher<'a> {
+    exact: Vec<&'a Needle>,
+    folded: Vec<&'a Needle>,
+    ac_exact: AhoCorasick,
+    ac_folded: AhoCorasick,
+}
+
+impl Matcher<'_> {
+    /// What `hay` holds, each needle once.
+    fn find(&self, hay: &[u8]) -> Vec<String> {
+        let lower = hay.to_ascii_lowercase();
+        let mut out: Vec<String> = Vec::new();
+        let hits = self
+            .ac_exact
+            .find_overlapping_iter(hay)
+            .map(|m| self.exact[m.pattern().as_usize()])
+            .chain(
+                self.ac_folded
+                    .find_overlapping_iter(lower.as_slice())
+                    .map(|m| self.folded[m.pattern().as_usize()]),
+            );
+        for n in hits {
+            if !out.contains(&n.what) {
+                out.push(n.what.clone());
+            }
+        }
+        out
+    }
 }
 
 /// Secrets to look for, each in every encoding.
@@ -187,6 +220,12 @@ impl Scanner {
                 fold,
             });
         }
+        self.hp_session_values(hp)
+    }
+
+    /// Every `_hp_auth` value `hp` handed out (and what it base64-decodes to), without the cookie's name
+    /// (which a log may name).
+    pub fn hp_session_values(mut self, hp: &FakeHeadplane) -> Scanner {
         for s in hp.sessions() {
             self = self.secret("an _hp_auth value", s.cookie.as_bytes());
             if let Ok(inner) = STANDARD.decode(&s.cookie)
@@ -224,26 +263,13 @@ impl Scanner {
             parts.push((format!("header {n}"), line));
         }
         parts.push(("body".into(), p.body.as_bytes().to_vec()));
-        let exact: Vec<&Needle> = self.needles.iter().filter(|n| !n.fold).collect();
-        let folded: Vec<&Needle> = self.needles.iter().filter(|n| n.fold).collect();
-        let ac_exact = AhoCorasick::new(exact.iter().map(|n| n.bytes.as_slice())).unwrap();
-        let ac_folded =
-            AhoCorasick::new(folded.iter().map(|n| n.bytes.to_ascii_lowercase())).unwrap();
+        let m = self.matcher();
         let mut found = Vec::new();
         for (place, hay) in &parts {
-            let lower = hay.to_ascii_lowercase();
-            let hits = ac_exact
-                .find_overlapping_iter(hay.as_slice())
-                .map(|m| &exact[m.pattern().as_usize()])
-                .chain(
-                    ac_folded
-                        .find_overlapping_iter(lower.as_slice())
-                        .map(|m| &folded[m.pattern().as_usize()]),
-                );
-            for n in hits {
+            for what in m.find(hay) {
                 let f = format!(
-                    "{} {} ({}): {place} holds {}",
-                    p.method, p.url, p.status, n.what
+                    "{} {} ({}): {place} holds {what}",
+                    p.method, p.url, p.status
                 );
                 if !found.contains(&f) {
                     found.push(f);
@@ -251,6 +277,31 @@ impl Scanner {
             }
         }
         found
+    }
+
+    /// Findings in a process's log, line by line: `line N holds <secret> (<encoding>): <the line, cut>`.
+    pub fn scan_log(&self, log: &str) -> Vec<String> {
+        let m = self.matcher();
+        let mut found = Vec::new();
+        for (i, line) in log.lines().enumerate() {
+            for what in m.find(line.as_bytes()) {
+                let cut: String = line.chars().take(300).collect();
+                found.push(format!("line {} holds {what}: {cut}", i + 1));
+            }
+        }
+        found
+    }
+
+    fn matcher(&self) -> Matcher<'_> {
+        let exact: Vec<&Needle> = self.needles.iter().filter(|n| !n.fold).collect();
+        let folded: Vec<&Needle> = self.needles.iter().filter(|n| n.fold).collect();
+        Matcher {
+            ac_exact: AhoCorasick::new(exact.iter().map(|n| n.bytes.as_slice())).unwrap(),
+            ac_folded: AhoCorasick::new(folded.iter().map(|n| n.bytes.to_ascii_lowercase()))
+                .unwrap(),
+            exact,
+            folded,
+        }
     }
 
     /// Panic unless nothing `b` ever received holds a secret.
@@ -360,4 +411,25 @@ fn the_scanner_finds_every_encoding() {
         ) > 0
     );
     assert!(hits(hex(key.as_bytes(), false)) > 0);
+}
+
+#[test]
+fn the_log_scan_names_the_line() {
+    let s = Scanner::new().secret("a token", b"tok-0123456789abcdef");
+    let log = "clean line\nINFO code=tok-0123456789abcdef\n{\"q\":\"tok-0123456789abcdef\"}\nx dG9rLTAxMjM0NTY3ODlhYmNkZWY\n";
+    let found = s.scan_log(log);
+    assert!(
+        found
+            .iter()
+            .any(|f| f.starts_with("line 2 holds a token (raw)")),
+        "{found:?}"
+    );
+    assert!(found.iter().any(|f| f.starts_with("line 3 ")), "{found:?}");
+    assert!(
+        found
+            .iter()
+            .any(|f| f.starts_with("line 4 holds a token (base64")),
+        "{found:?}"
+    );
+    assert!(!found.iter().any(|f| f.starts_with("line 1 ")), "{found:?}");
 }
