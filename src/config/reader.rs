@@ -285,11 +285,32 @@ impl<'e> Section<'e> {
         } = self;
         for key in table.keys() {
             let mut msg = "unknown key".to_string();
-            if let Some(s) = nearest(key, &known) {
+            if let Some(hint) = headplane_key(&name, key) {
+                msg.push_str(&format!(": {hint}"));
+            } else if let Some(s) = nearest(key, &known) {
                 msg.push_str(&format!(": did you mean `{s}`?"));
             }
             errors.push(ConfigError::new(format!("{name}.{key}"), msg));
         }
+    }
+}
+
+/// Headplane's own OIDC keys that have no headgate key of the same name (a section copied from Headplane's
+/// `config.yaml`): where their setting lives in headgate.
+fn headplane_key(section: &str, key: &str) -> Option<&'static str> {
+    match (section, key) {
+        ("oidc", "redirect_uri") => Some(
+            "Headplane's setting; headgate's redirect URI is server.base_url + oidc.callback_path (by default \
+             /admin/oidc/callback, the URL Headplane registers): remove this key",
+        ),
+        ("oidc", "headscale_api_key") => Some(
+            "Headplane's setting; headgate's Headscale key is headscale.api_key (or headscale.api_key_path)",
+        ),
+        ("oidc", "user_storage_file") => Some(
+            "Headplane's setting; headgate keeps people and roles in its own store under server.data_path: \
+             remove this key",
+        ),
+        _ => None,
     }
 }
 

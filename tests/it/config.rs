@@ -75,6 +75,33 @@ fn unknown_keys_suggest_the_nearest_valid_key() {
 }
 
 #[test]
+fn headplane_oidc_keys_say_where_their_setting_lives() {
+    let text = format!(
+        "{}[oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"x\"\nclient_secret = \"y\"\n\
+         redirect_uri = \"https://hp.example.com/admin/oidc/callback\"\nheadscale_api_key = \"k\"\n\
+         user_storage_file = \"/var/lib/headplane/users.json\"\n",
+        minimal()
+    );
+    let errs = errors(&text, &HashMap::new());
+    assert!(
+        has(
+            &errs,
+            "oidc.redirect_uri",
+            "server.base_url + oidc.callback_path"
+        ),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "oidc.headscale_api_key", "headscale.api_key"),
+        "{errs:#?}"
+    );
+    assert!(
+        has(&errs, "oidc.user_storage_file", "its own store"),
+        "{errs:#?}"
+    );
+}
+
+#[test]
 fn every_problem_is_reported_at_once_with_its_key() {
     let text = r#"
 [server]

@@ -1303,6 +1303,29 @@ fn deploy_demo_config_only_writes_a_config_headgate_accepts() {
         assert_eq!(mode(&f), 0o600, "{}", f.display());
     }
 
+    // The test IdP's configuration matches headgate's: the client, its secret, the callback.
+    assert_eq!(
+        mode(&state.join("idp.json")),
+        0o600,
+        "idp.json holds the client secret"
+    );
+    let idp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("idp.json")).unwrap()).unwrap();
+    let client = &idp["clients"][0];
+    let oidc = c.oidc.as_ref().unwrap();
+    assert_eq!(client["client_id"], oidc.client_id.as_str());
+    assert_eq!(
+        client["client_secret"],
+        std::fs::read_to_string(state.join("secrets/oidc_client_secret"))
+            .unwrap()
+            .trim()
+    );
+    assert_eq!(
+        client["redirect_uris"][0],
+        "http://127.0.0.1:4999/admin/oidc/callback"
+    );
+    assert_eq!(idp["users"][0]["login"], "alice");
+
     // A second start wipes its own state (an old store, the old cookie secret) ...
     let first = std::fs::read(state.join("secrets/cookie_secret")).unwrap();
     std::fs::write(state.join("data/headgate.redb"), "an old store").unwrap();

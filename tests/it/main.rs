@@ -12,6 +12,7 @@ mod assertion;
 mod backup;
 mod bridge;
 mod bridge_signals;
+mod browser_e2e;
 mod check_config;
 mod cli;
 mod config;

@@ -287,8 +287,14 @@ impl TestIdpBuilder {
 
     /// Start the IdP and wait until it listens. Panics with the fix when Node.js or the npm packages are missing.
     pub fn start(self) -> TestIdp {
+        TestIdp::start_config(self.config_json())
+    }
+}
+
+impl TestIdp {
+    /// Start the IdP with this whole `IDP_CONFIG` document (e.g. the one `deploy/demo/run` writes).
+    pub fn start_config(config: Value) -> TestIdp {
         preflight();
-        let config = self.config_json();
         let dir = super::root().join("tests/idp");
         let mut cmd = Command::new("node");
         cmd.arg(dir.join("provider.mjs"))

@@ -1,9 +1,14 @@
-//! Building blocks the tests share: child processes, the real test IdP, a browser that plays a person, a
-//! rogue token endpoint, a fake Headscale, a Headplane double and an echo upstream.
+//! Building blocks the tests share: child processes, the real test IdP, a browser that plays a person, a real
+//! headless Chromium driven over the DevTools protocol, a rogue token endpoint, a fake Headscale, a Headplane
+//! double, an echo upstream and the demo's upstream page.
 
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod chromium;
+/// The demo's Headscale stand-in and upstream page (`examples/demo_stack/upstream.rs`), as the demo runs them.
+#[path = "../../../examples/demo_stack/upstream.rs"]
+pub mod demo_upstream;
 pub mod echo;
 pub mod fake_headscale;
 pub mod front;

@@ -1,36 +1,19 @@
-//! The two stand-ins `deploy/demo/run` starts beside the test IdP and headgate (not part of headgate itself):
+//! The demo's two stand-ins as a library, shared by `main.rs` (the `demo_stack` example that `deploy/demo/run`
+//! starts) and the browser test (`tests/it/browser_e2e.rs`, which includes this file through
+//! `tests/it/harness/mod.rs`): the seeded Headscale stand-in and the demo upstream page.
 //!
-//! * a Headscale stand-in: the integration tests' fake Headscale (`tests/it/harness/fake_headscale.rs`,
-//!   included as is), seeded with a few users and nodes and an admin API key;
-//! * the demo upstream: a small page showing who headgate says is there ("signed in as …, role …, Headscale
-//!   user …") and every identity header it received.
-//!
-//! Usage: `demo_stack --api-key-file <file>`. Writes the Headscale API key to the file (mode 0600), prints
-//! `HEADSCALE_URL=…`, `UPSTREAM_URL=…`, then `READY`, and runs until SIGINT or SIGTERM. Both listen on
-//! 127.0.0.1 only, on ports the OS picks.
+//! Wherever it is included, the including module must also have a `fake_headscale` module (the tests' fake
+//! Headscale, `tests/it/harness/fake_headscale.rs`) beside it.
 
 use std::convert::Infallible;
-use std::io::Write;
-use std::path::PathBuf;
 
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-#[allow(dead_code)]
-#[path = "../tests/it/harness/fake_headscale.rs"]
-mod fake_headscale;
-
-use fake_headscale::FakeHeadscale;
-
-/// The reference folder beside the repository (only the fake's `with_examples()` reads it; the demo does not).
-#[allow(dead_code)]
-fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
-}
+use super::fake_headscale::FakeHeadscale;
 
 /// The identity headers headgate sets (default names), in the order the page lists them.
 const IDENTITY_HEADERS: &[&str] = &[
@@ -45,73 +28,9 @@ const IDENTITY_HEADERS: &[&str] = &[
     "X-Headgate-Assertion",
 ];
 
-fn main() {
-    let mut api_key_file: Option<PathBuf> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--api-key-file" => api_key_file = args.next().map(PathBuf::from),
-            "-h" | "--help" => {
-                println!("usage: demo_stack --api-key-file <file>");
-                return;
-            }
-            other => {
-                eprintln!(
-                    "demo_stack: unknown argument {other:?} (usage: demo_stack --api-key-file <file>)"
-                );
-                std::process::exit(2);
-            }
-        }
-    }
-    let Some(api_key_file) = api_key_file else {
-        eprintln!("demo_stack: --api-key-file <file> is required");
-        std::process::exit(2);
-    };
-
-    let hs = headscale_stand_in();
-    write_private(&api_key_file, &hs.admin_key());
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let hs_url = hs.url();
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("demo upstream: bind 127.0.0.1");
-        let upstream = listener.local_addr().unwrap();
-        println!("HEADSCALE_URL={hs_url}");
-        println!("UPSTREAM_URL=http://{upstream}");
-        println!("READY");
-        std::io::stdout().flush().ok();
-
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-            .expect("SIGINT handler");
-        loop {
-            tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(|req| async move { Ok::<_, Infallible>(page(&req)) });
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
-                    });
-                }
-            }
-        }
-    });
-    drop(hs);
-}
-
 /// Headscale with the demo's people (their emails match the test IdP's users, so headgate links them by
 /// verified email) and a few nodes.
-fn headscale_stand_in() -> FakeHeadscale {
+pub fn headscale_stand_in() -> FakeHeadscale {
     let hs = FakeHeadscale::builder().random_spaces(false).start();
     let alice = hs.add_user("alice", "alice@example.com");
     let bob = hs.add_user("bob", "bob@example.com");
@@ -124,16 +43,22 @@ fn headscale_stand_in() -> FakeHeadscale {
     hs
 }
 
-fn write_private(path: &PathBuf, value: &str) {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-    f.write_all(value.as_bytes()).expect("write the API key");
+/// Serve the demo upstream page on `listener` until the task is dropped (every path, every method).
+pub async fn serve(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(serve_connection(stream));
+    }
+}
+
+/// Serve the demo upstream page on one accepted connection.
+pub async fn serve_connection(stream: tokio::net::TcpStream) {
+    let svc = hyper::service::service_fn(|req| async move { Ok::<_, Infallible>(page(&req)) });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
 }
 
 fn esc(s: &str) -> String {
@@ -151,7 +76,7 @@ fn esc(s: &str) -> String {
     out
 }
 
-fn page(req: &Request<Incoming>) -> Response<Full<Bytes>> {
+pub fn page<B>(req: &Request<B>) -> Response<Full<Bytes>> {
     let h = |name: &str| {
         req.headers()
             .get(name)
