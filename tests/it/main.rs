@@ -9,6 +9,7 @@ mod wire;
 mod admission;
 mod api_key_login;
 mod assertion;
+mod backchannel;
 mod backup;
 mod bridge;
 mod bridge_signals;
