@@ -30,6 +30,7 @@ mod onboarding;
 mod operations;
 mod own_rights;
 mod policy_matrix;
+mod properties;
 mod proxy_corpora;
 mod serve;
 mod sessions;
