@@ -27,6 +27,7 @@ mod headplane_double;
 mod identity;
 mod identity_headers;
 mod idp;
+mod limits;
 mod login_page;
 mod onboarding;
 mod operations;
