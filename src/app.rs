@@ -312,6 +312,9 @@ impl App {
                 {
                     tracing::warn!(error = %e, "could not prune rate-limit counters");
                 }
+                if let Err(e) = app.store.prune_replay(app.now()).await {
+                    tracing::warn!(error = %e, "could not prune the replay cache");
+                }
                 match app.store.prune_expired(app.now()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(count = n, "pruned expired sessions"),
@@ -503,6 +506,10 @@ impl App {
                     .insert(crate::gate::Outcome { verdict, reason });
                 (r, "forward_auth")
             }
+            (&Method::POST, crate::oidc::backchannel::PATH) => (
+                crate::oidc::backchannel::handle(self, req).await,
+                "backchannel_logout",
+            ),
             (&Method::GET | &Method::HEAD, "/_headgate/whoami") => {
                 (auth::whoami(self, &req).await, "whoami")
             }
@@ -566,7 +573,7 @@ fn route_class(route: &str) -> crate::metrics::RouteClass {
         r if r.starts_with("forward_auth") => C::ForwardAuth,
         "healthz" | "readyz" | "metrics" | "jwks" | "static" => C::Internal,
         "login_page" | "api_key_login" | "oidc_start" | "oidc_callback" | "logout"
-        | "logout_get" => C::Auth,
+        | "logout_get" | "backchannel_logout" => C::Auth,
         _ => C::Headgate,
     }
 }

@@ -221,7 +221,7 @@ fn b64(data: &[u8]) -> String {
 }
 
 /// The public JWK (`kty`, `crv`, `x`, `y`, `kid`, `alg`, `use`) and the kid (RFC 7638 thumbprint).
-fn public_jwk(vk: &VerifyingKey) -> (String, Value) {
+pub(crate) fn public_jwk(vk: &VerifyingKey) -> (String, Value) {
     let point = vk.to_sec1_point(false);
     let bytes = point.as_bytes();
     debug_assert_eq!(bytes.len(), 65);

@@ -18,6 +18,8 @@ pub mod cookies;
 pub mod crypto;
 pub mod csrf;
 pub mod forward_auth;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gate;
 pub mod headscale;
 pub mod health;

@@ -149,6 +149,10 @@ pub async fn refresh_one(app: &App, key: SessionKey) -> Outcome {
     }
     if let Some(t) = tokens.id_token {
         rec.id_token = Some(t);
+        // Back-channel logout finds the session by the IdP's session id: keep the latest one.
+        if let Some(sid) = who.sid.clone() {
+            rec.idp_sid = Some(sid);
+        }
     }
     match app.store.update_session(&key, rec).await {
         Ok(()) => Outcome::Refreshed,

@@ -420,15 +420,14 @@ impl RelyingParty {
         Ok(j)
     }
 
-    /// Verify an ID token: signature with the IdP's key, algorithm pinned by the key, `iss`, `aud`/`azp`,
-    /// `exp`/`iat`/`nbf` with skew, `nonce`. Returns its claims.
-    pub async fn verify_id_token(
+    /// Check a compact JWS from the IdP and return its claims: at most 64 KiB, never unsigned or HMAC, signed
+    /// by the key of the IdP's JWKS that it names (the JWKS refetched once, rate-limited, for an unknown
+    /// `kid`), with the algorithm that key is for. No claim is checked here.
+    async fn verify_signature(
         &self,
         e: &Endpoints,
         token: &str,
-        nonce: Option<&str>,
-        now: i64,
-    ) -> Result<Map<String, Value>, SignInError> {
+    ) -> Result<(jsonwebtoken::Header, Map<String, Value>), SignInError> {
         let bad = |m: &str| SignInError::InvalidIdToken(m.to_string());
         if token.len() > 64 * 1024 {
             return Err(bad("it is larger than 64 KiB"));
@@ -468,24 +467,39 @@ impl RelyingParty {
         v.required_spec_claims.clear();
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v)
             .map_err(|err| bad(&format!("its signature does not verify ({err})")))?;
-        let c = data.claims;
-        // iss: exactly the configured issuer.
+        Ok((header, data.claims))
+    }
+
+    /// `iss` is exactly `oidc.issuer` and `aud` contains `oidc.client_id`.
+    fn check_iss_aud(&self, c: &Map<String, Value>) -> Result<(), String> {
         if c.get("iss").and_then(Value::as_str) != Some(self.cfg.issuer.as_str()) {
-            return Err(bad(&format!(
+            return Err(format!(
                 "iss {:?} is not oidc.issuer {:?}",
                 c.get("iss").and_then(Value::as_str).unwrap_or(""),
                 self.cfg.issuer
-            )));
+            ));
         }
-        // aud contains client_id; with several audiences, azp must be client_id.
-        let auds: Vec<&str> = match c.get("aud") {
-            Some(Value::String(s)) => vec![s.as_str()],
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
-            _ => vec![],
-        };
-        if !auds.contains(&self.cfg.client_id.as_str()) {
-            return Err(bad("aud does not contain oidc.client_id"));
+        if !audiences(c).contains(&self.cfg.client_id.as_str()) {
+            return Err("aud does not contain oidc.client_id".into());
         }
+        Ok(())
+    }
+
+    /// Verify an ID token: signature with the IdP's key, algorithm pinned by the key, `iss`, `aud`/`azp`,
+    /// `exp`/`iat`/`nbf` with skew, `nonce`. Returns its claims.
+    pub async fn verify_id_token(
+        &self,
+        e: &Endpoints,
+        token: &str,
+        nonce: Option<&str>,
+        now: i64,
+    ) -> Result<Map<String, Value>, SignInError> {
+        let bad = |m: &str| SignInError::InvalidIdToken(m.to_string());
+        let (_, c) = self.verify_signature(e, token).await?;
+        // iss: exactly the configured issuer; aud contains client_id; with several audiences, azp must be
+        // client_id.
+        self.check_iss_aud(&c).map_err(|m| bad(&m))?;
+        let auds = audiences(&c);
         let azp = c.get("azp").and_then(Value::as_str);
         if (auds.len() > 1 && azp != Some(self.cfg.client_id.as_str()))
             || azp.is_some_and(|a| a != self.cfg.client_id)
@@ -521,6 +535,27 @@ impl RelyingParty {
         Ok(c)
     }
 
+    /// Verify a back-channel logout token (`oidc::backchannel`): the ID token's signature checks, `iss`,
+    /// `aud`, then the logout token's own claims. The error is a description for the IdP and the log.
+    pub async fn verify_logout_token(
+        &self,
+        e: &Endpoints,
+        token: &str,
+        now: i64,
+    ) -> Result<super::backchannel::LogoutRequest, String> {
+        let (header, c) = self
+            .verify_signature(e, token)
+            .await
+            .map_err(|err| match err {
+                SignInError::InvalidIdToken(m) => format!("the logout token was refused: {m}"),
+                other => other.to_string(),
+            })?;
+        self.check_iss_aud(&c)
+            .map_err(|m| format!("the logout token was refused: {m}"))?;
+        super::backchannel::check_claims(header.typ.as_deref(), &c, now)
+            .map_err(|m| format!("the logout token was refused: {m}"))
+    }
+
     /// Userinfo claims (Bearer access token). Errors are for the log only: a userinfo failure is not fatal.
     pub async fn userinfo(
         &self,
@@ -547,6 +582,14 @@ impl RelyingParty {
             return Err(format!("userinfo answered HTTP {}", r.status.as_u16()));
         }
         serde_json::from_slice(&r.body).map_err(|e| format!("userinfo is not a JSON object ({e})"))
+    }
+}
+
+fn audiences(c: &Map<String, Value>) -> Vec<&str> {
+    match c.get("aud") {
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
     }
 }
 

@@ -306,6 +306,17 @@ impl Store {
         self.signal_change(r)
     }
 
+    /// Delete every session whose IdP session id (`SessionRecord::idp_sid`) is `sid`, restricted to `user`'s
+    /// sessions when given (back-channel logout); returns how many.
+    pub async fn delete_sessions_by_idp_sid(
+        &self,
+        sid: &str,
+        user: Option<UserId>,
+    ) -> Result<u64, StoreError> {
+        let r = dispatch!(self.delete_sessions_by_idp_sid(sid.to_string(), user));
+        self.signal_change(r)
+    }
+
     pub async fn sessions_of_user(
         &self,
         user_id: UserId,
@@ -357,6 +368,29 @@ impl Store {
 
     pub async fn clear_failures(&self, key: &str) -> Result<(), StoreError> {
         dispatch!(self.clear_failures(key.to_string()))
+    }
+
+    /// Replay cache: mark `id` used in `scope` (e.g. `backchannel_jti`) until `expires`, in one transaction.
+    /// Returns false (and changes nothing) when it is already marked and `expires` of that mark is after
+    /// `now`: the id was seen before. Across replicas, exactly one caller gets `true` for a given id.
+    pub async fn use_replay_id(
+        &self,
+        scope: &str,
+        id: &str,
+        expires: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.use_replay_id(scope.to_string(), id.to_string(), expires, now))
+    }
+
+    /// Undo [`Store::use_replay_id`] (the work the id allowed failed, so a retry must be able to use it).
+    pub async fn forget_replay_id(&self, scope: &str, id: &str) -> Result<(), StoreError> {
+        dispatch!(self.forget_replay_id(scope.to_string(), id.to_string()))
+    }
+
+    /// Drop replay-cache marks whose time has passed (`expires <= now`); returns how many.
+    pub async fn prune_replay(&self, now: i64) -> Result<u64, StoreError> {
+        dispatch!(self.prune_replay(now))
     }
 
     /// Delete every session with `expires <= now`; returns how many.

@@ -28,10 +28,9 @@ use std::sync::Arc;
 // Never change a table's key or value type in place: add a table (and a migration) instead. `meta` in
 // particular keeps its types forever, since it is how a newer file is recognised.
 //
-// Later tables follow the same pattern (a const here, a line in `ALL_TABLES`, a schema bump whose migration
-// step creates them):
-//   rate_limits:   &str (bucket, e.g. "apikey-fail/<ip>") → record (window start, count)
-//   replay:        (&str kind, &str id)        → i64 expiry (back-channel logout `jti`s), pruned by expiry
+// Later tables follow the same pattern (a const here, a line in `ALL_TABLES` and `create_tables`, a copy in
+// `backup_to`). A table that only adds data older binaries never need is created at open by `prepare` (no
+// schema bump); a change that older binaries would misread needs a schema bump and a migration step.
 
 /// Schema version, the bootstrapped marker and the id counters.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -65,7 +64,11 @@ const RATE_LIMITS: TableDefinition<&str, &[u8]> = TableDefinition::new("rate_lim
 /// kid → [`SigningKey`] (the signed assertion's keys, private parts encrypted by the caller, S15)
 const SIGNING_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("signing_keys");
 
-const ALL_TABLES: [&str; 11] = [
+/// (scope, id) → unix time until which the id counts as used (replay caches, e.g. back-channel logout
+/// `jti`s); rows past that time are pruned. Added without a schema bump: `prepare` creates it in older files.
+const REPLAY: TableDefinition<(&str, &str), i64> = TableDefinition::new("replay");
+
+const ALL_TABLES: [&str; 12] = [
     "meta",
     "users",
     "users_by_subject",
@@ -77,6 +80,7 @@ const ALL_TABLES: [&str; 11] = [
     "audit",
     "rate_limits",
     "signing_keys",
+    "replay",
 ];
 
 fn create_tables(txn: &WriteTransaction) -> Result<(), Fail> {
@@ -91,6 +95,7 @@ fn create_tables(txn: &WriteTransaction) -> Result<(), Fail> {
     txn.open_table(AUDIT)?;
     txn.open_table(RATE_LIMITS)?;
     txn.open_table(SIGNING_KEYS)?;
+    txn.open_table(REPLAY)?;
     Ok(())
 }
 
@@ -378,6 +383,10 @@ impl RedbStore {
                 n += copy_table(&src, &txn, AUDIT)?;
                 n += copy_table(&src, &txn, RATE_LIMITS)?;
                 n += copy_table(&src, &txn, SIGNING_KEYS)?;
+                // A file made before the replay table existed may not have it yet.
+                if src.list_tables()?.any(|t| t.name() == "replay") {
+                    n += copy_table(&src, &txn, REPLAY)?;
+                }
                 txn.commit()?;
                 Ok(n)
             };
@@ -775,6 +784,34 @@ impl RedbStore {
         .await
     }
 
+    /// Delete the sessions that carry the IdP session id `sid` (and belong to `user`, when given).
+    pub(super) async fn delete_sessions_by_idp_sid(
+        &self,
+        sid: String,
+        user: Option<UserId>,
+    ) -> Result<u64, StoreError> {
+        self.write(move |txn| {
+            let mut sessions = SessionTables::open(txn)?;
+            let mut doomed = Vec::new();
+            for row in sessions.main.range::<[u8; 32]>(..)? {
+                let (k, v) = row?;
+                let key = SessionKey(k.value());
+                let rec: SessionRecord = decode(v.value(), || format!("session {key:?}"))?;
+                if rec.idp_sid.as_deref() == Some(sid.as_str())
+                    && user.is_none_or(|u| rec.user_id() == Some(u))
+                {
+                    doomed.push(key);
+                }
+            }
+            let mut n = 0;
+            for key in doomed {
+                n += u64::from(sessions.remove(key)?.is_some());
+            }
+            Ok(n)
+        })
+        .await
+    }
+
     pub(super) async fn sessions_of_user(
         &self,
         user_id: UserId,
@@ -919,6 +956,59 @@ impl RedbStore {
         self.write(move |txn| {
             txn.open_table(RATE_LIMITS)?.remove(key.as_str())?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Mark `(scope, id)` used until `expires`; false when it is already marked and `expires` has not passed.
+    pub(super) async fn use_replay_id(
+        &self,
+        scope: String,
+        id: String,
+        expires: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.write(move |txn| {
+            let mut t = txn.open_table(REPLAY)?;
+            let seen = t.get((scope.as_str(), id.as_str()))?.map(|g| g.value());
+            if seen.is_some_and(|until| until > now) {
+                return Ok(false);
+            }
+            t.insert((scope.as_str(), id.as_str()), expires)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub(super) async fn forget_replay_id(
+        &self,
+        scope: String,
+        id: String,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            txn.open_table(REPLAY)?
+                .remove((scope.as_str(), id.as_str()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Delete replay rows whose time has passed (`<= now`).
+    pub(super) async fn prune_replay(&self, now: i64) -> Result<u64, StoreError> {
+        self.write(move |txn| {
+            let mut t = txn.open_table(REPLAY)?;
+            let mut stale = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                if v.value() <= now {
+                    let (scope, id) = k.value();
+                    stale.push((scope.to_string(), id.to_string()));
+                }
+            }
+            for (scope, id) in &stale {
+                t.remove((scope.as_str(), id.as_str()))?;
+            }
+            Ok(stale.len() as u64)
         })
         .await
     }

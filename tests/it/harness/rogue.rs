@@ -382,6 +382,27 @@ impl RogueIdp {
         sign_with(header, claims, Signer::Es256(&self.keys.legit_pkcs8))
     }
 
+    /// Sign any header and claims with the ES256 key that is *not* published (a forgery; header as given).
+    pub fn sign_es256_unpublished(&self, header: &Value, claims: &Value) -> String {
+        sign_with(header, claims, Signer::Es256(&self.keys.other_pkcs8))
+    }
+
+    /// HS256 over header and claims with the published public key's PEM as the secret (key confusion).
+    pub fn sign_hs256_with_public_pem(&self, header: &Value, claims: &Value) -> String {
+        let mut h = header.clone();
+        h["alg"] = json!("HS256");
+        sign_with(&h, claims, Signer::Hs256(self.keys.legit_pem.as_bytes()))
+    }
+
+    /// An unsigned token (`alg: none`, empty signature).
+    pub fn unsigned(&self, claims: &Value) -> String {
+        sign_with(
+            &json!({ "alg": "none", "typ": "JWT", "kid": LEGIT_KID }),
+            claims,
+            Signer::None,
+        )
+    }
+
     /// The legitimate public key as a JWK (kid [`LEGIT_KID`], alg ES256).
     pub fn public_jwk(&self) -> Value {
         self.keys.legit_jwk.clone()
