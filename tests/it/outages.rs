@@ -275,3 +275,49 @@ fn a_corrupt_store_file_refuses_to_start_names_the_file_and_is_left_untouched() 
         );
     }
 }
+
+#[tokio::test]
+async fn a_store_that_cannot_write_refuses_sign_ins_clearly_and_keeps_reading_sessions() {
+    let rogue = crate::harness::rogue::RogueIdp::start();
+    let hg = crate::harness::inproc::InProcess::start(&oidc_section(rogue.issuer(), ""));
+    let sign_in = async |sub: &str| {
+        rogue.set_subject(sub);
+        let b = Browser::new();
+        let to_idp = b.get(hg.url("/admin/oidc/start")).await;
+        let back = b.get(to_idp.location().unwrap().as_str()).await;
+        let done = b.get(back.location().unwrap().as_str()).await;
+        (b, done)
+    };
+    let (alice, _) = sign_in("alice").await;
+    assert_eq!(alice.get(hg.url("/_headgate/whoami")).await.status(), 200);
+
+    // The disk is full (or read-only): every write fails, reads work.
+    hg.store.fail_writes_for_test(true);
+    assert_eq!(
+        alice.get(hg.url("/_headgate/whoami")).await.status(),
+        200,
+        "an existing session is still read"
+    );
+    let (_, done) = sign_in("bob").await;
+    assert_eq!(done.status(), 503, "{}", done.text());
+    let text = done.visible_text();
+    assert!(
+        text.contains("Sign-in is unavailable")
+            && text.contains("could not read or write its store")
+            && text.contains("server.data_path"),
+        "{text}"
+    );
+    assert!(
+        done.set_cookies()
+            .iter()
+            .all(|c| !c.starts_with("headgate_session=") || c.starts_with("headgate_session=;")),
+        "no session cookie: {:?}",
+        done.set_cookies()
+    );
+
+    // Writable again: Bob signs in, without a restart.
+    hg.store.fail_writes_for_test(false);
+    let (bob, _) = sign_in("bob").await;
+    assert_eq!(bob.get(hg.url("/_headgate/whoami")).await.status(), 200);
+    assert_eq!(alice.get(hg.url("/_headgate/whoami")).await.status(), 200);
+}
