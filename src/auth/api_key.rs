@@ -27,6 +27,8 @@ pub enum Refusal {
     Expired,
     Invalid,
     NoExpiration,
+    /// Headscale did not answer (or failed): the key could not be checked.
+    Unavailable,
 }
 
 impl Refusal {
@@ -38,6 +40,17 @@ impl Refusal {
             Refusal::Expired => "API key has expired",
             Refusal::Invalid => "API key is invalid (it may be incorrect or expired)",
             Refusal::NoExpiration => "API key has no expiration date: create one with --expiration",
+            Refusal::Unavailable => {
+                "Headscale could not be reached to check the API key: try again in a moment"
+            }
+        }
+    }
+
+    /// The status of the form page that shows the refusal.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::OK,
         }
     }
 }
@@ -117,7 +130,7 @@ async fn validate(app: &App, key: &str, now: i64) -> Result<(String, i64), Refus
         }
         Err(e) => {
             tracing::error!("API-key sign-in could not reach Headscale: {e}");
-            Err(Refusal::Invalid)
+            Err(Refusal::Unavailable)
         }
     }
 }
@@ -294,7 +307,7 @@ pub async fn login(app: &App, req: Request<hyper::body::Incoming>, conn: Conn) -
         Ok(v) => v,
         Err(r) => {
             tracing::info!(peer = %conn.peer, reason = r.message(), "API-key sign-in refused");
-            return form_page(app, r.message(), rd.as_deref(), StatusCode::OK);
+            return form_page(app, r.message(), rd.as_deref(), r.status());
         }
     };
     let _ = app.store.clear_failures(&limit_key).await;

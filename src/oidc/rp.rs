@@ -30,6 +30,12 @@ const DISCOVERY_RETRY: Duration = Duration::from_secs(2);
 const JWKS_REFETCH_MIN: Duration = Duration::from_secs(5);
 /// Keys are refetched after this long, so a key the IdP withdrew stops verifying without a restart.
 const JWKS_TTL: Duration = Duration::from_secs(3600);
+/// The login page asks whether the IdP answers (its JWKS) at most this often while it does...
+const PROBE_OK_TTL: Duration = Duration::from_secs(5);
+/// ...and this often while it does not, so the page notices the IdP is back without a restart.
+const PROBE_FAILED_TTL: Duration = Duration::from_secs(2);
+/// How long that question may take (a hanging IdP must not hold the login page).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a sign-in failed. `code()` is the `?s=` value the login page shows; `Display` is the operator log
 /// line (it names the config key to change and never holds a secret or token).
@@ -131,6 +137,8 @@ struct RpState {
     last_failure: Option<(Instant, String)>,
     jwks: Option<Arc<Jwks>>,
     auth_method: Option<TokenAuthMethod>,
+    /// The last answer to "does the IdP answer?" (for the login page).
+    probe: Option<(Instant, bool)>,
 }
 
 pub struct RelyingParty {
@@ -206,14 +214,49 @@ impl RelyingParty {
         }
     }
 
-    /// For the login page: SSO is offered when the endpoints are known (fetching them if needed).
+    /// For the login page: SSO is offered when the endpoints are known (fetching them if needed) and the IdP
+    /// answers now (its JWKS, asked with a short timeout; the answer is reused for a few seconds). Discovery
+    /// stays cached for an hour, so without this question a page would offer SSO through a whole outage.
     pub async fn status(&self) -> SsoStatus {
-        match self.endpoints().await {
-            Ok(_) => SsoStatus::Available,
-            Err(_) => SsoStatus::Unavailable(
+        let unavailable = || {
+            SsoStatus::Unavailable(
                 "the identity provider could not be reached. Try again in a moment, or sign in with an API key."
                     .into(),
-            ),
+            )
+        };
+        let Ok(e) = self.endpoints().await else {
+            return unavailable();
+        };
+        let last = self.state.lock().unwrap().probe;
+        let ok = match last {
+            Some((at, ok)) if at.elapsed() < if ok { PROBE_OK_TTL } else { PROBE_FAILED_TTL } => ok,
+            _ => {
+                let r = self
+                    .http
+                    .get(
+                        e.jwks.as_str(),
+                        &[("accept", "application/json")],
+                        PROBE_TIMEOUT,
+                    )
+                    .await;
+                let ok = matches!(&r, Ok(r) if r.status.is_success());
+                if !ok {
+                    tracing::warn!(
+                        "the IdP does not answer ({}): the login page says SSO is unavailable",
+                        match &r {
+                            Ok(r) => format!("{} answered HTTP {}", e.jwks, r.status.as_u16()),
+                            Err(err) => err.to_string(),
+                        }
+                    );
+                }
+                self.state.lock().unwrap().probe = Some((Instant::now(), ok));
+                ok
+            }
+        };
+        if ok {
+            SsoStatus::Available
+        } else {
+            unavailable()
         }
     }
 

@@ -140,6 +140,15 @@ impl Store {
         self.fail_reads.store(on, Ordering::SeqCst);
     }
 
+    /// Test hook (outage tests: a full or read-only disk): while `on`, every write fails with an I/O error
+    /// (nothing is written); reads keep working. Not reachable from configuration.
+    #[doc(hidden)]
+    pub fn fail_writes_for_test(&self, on: bool) {
+        match &*self.backend {
+            Backend::Redb(b) => b.fail_writes_for_test(on),
+        }
+    }
+
     fn check_reads(&self) -> Result<(), StoreError> {
         if self.fail_reads.load(Ordering::Relaxed) {
             return Err(StoreError::Io {

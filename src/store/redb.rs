@@ -234,6 +234,8 @@ pub(super) struct RedbStore {
 struct Shared {
     db: Database,
     path: PathBuf,
+    /// Test hook ([`crate::store::Store::fail_writes_for_test`]): every write fails as on a full disk.
+    fail_writes: std::sync::atomic::AtomicBool,
 }
 
 impl RedbStore {
@@ -270,7 +272,11 @@ impl RedbStore {
         let db =
             guard_panic(&path, || b.create(&path))?.map_err(|e| Fail::from(e).into_store(&path))?;
         let store = RedbStore {
-            shared: Arc::new(Shared { db, path }),
+            shared: Arc::new(Shared {
+                db,
+                path,
+                fail_writes: std::sync::atomic::AtomicBool::new(false),
+            }),
         };
         store
             .prepare()
@@ -280,6 +286,12 @@ impl RedbStore {
 
     pub(super) fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    pub(super) fn fail_writes_for_test(&self, on: bool) {
+        self.shared
+            .fail_writes
+            .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Check the schema version; set up a new file; migrate an older one.
@@ -319,6 +331,18 @@ impl RedbStore {
         F: FnOnce(&WriteTransaction) -> Result<T, Fail> + Send + 'static,
     {
         let shared = self.shared.clone();
+        if shared
+            .fail_writes
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(StoreError::Io {
+                path: shared.path.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "writes made to fail by a test hook (as on a full disk)",
+                ),
+            });
+        }
         let task = tokio::task::spawn_blocking(move || {
             let run = || {
                 let txn = shared.db.begin_write()?;

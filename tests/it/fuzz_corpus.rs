@@ -59,6 +59,126 @@ fn the_fuzz_targets_pass_the_line_corpora() {
     }
 }
 
+/// A stable stand-in for a fuzzing run (no coverage guidance): for `HEADGATE_FUZZ_SECS` seconds per target
+/// (default 10), mutate the seeds (bit flips, byte changes, insertions, deletions, duplication, splicing with
+/// another seed and with the line corpora's entries) and run the target on each. Prints executions per target;
+/// an input that breaks a property is written to `fuzz/artifacts/<target>/` and fails the test.
+#[test]
+#[ignore = "a timed run: cargo test --test it -- --ignored stable_mutation_fuzzing --nocapture"]
+fn stable_mutation_fuzzing() {
+    let secs: u64 = std::env::var("HEADGATE_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut extra: Vec<Vec<u8>> = Vec::new();
+    for name in [
+        "open_redirect.txt",
+        "header_spoofing.txt",
+        "canonicalisation.txt",
+    ] {
+        extra.extend(
+            crate::corpora::read_corpus(name)
+                .into_iter()
+                .map(String::into_bytes),
+        );
+    }
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut report = Vec::new();
+    let mut broken = Vec::new();
+    for (name, target) in headgate::fuzz::TARGETS {
+        let mut pool: Vec<Vec<u8>> = std::fs::read_dir(corpus_dir(name))
+            .unwrap()
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        let mut runs = 0u64;
+        while std::time::Instant::now() < until {
+            let mut d = pool[(next() as usize) % pool.len()].clone();
+            for _ in 0..1 + next() % 4 {
+                let n = d.len();
+                match next() % 7 {
+                    0 if n > 0 => {
+                        let i = next() as usize % n;
+                        d[i] ^= 1 << (next() % 8);
+                    }
+                    1 if n > 0 => {
+                        let i = next() as usize % n;
+                        d[i] = next() as u8;
+                    }
+                    2 => {
+                        let i = if n == 0 { 0 } else { next() as usize % (n + 1) };
+                        let b = [
+                            b'/', b'%', b'.', b'\\', b':', b'@', b'?', b'#', b'=', b'&', b'\n', 0,
+                            0xff,
+                        ];
+                        d.insert(i, b[next() as usize % b.len()]);
+                    }
+                    3 if n > 0 => {
+                        let i = next() as usize % n;
+                        let len = (next() as usize % 8).min(n - i);
+                        d.drain(i..i + len);
+                    }
+                    4 if n > 0 => {
+                        let i = next() as usize % n;
+                        let len = (next() as usize % 16).min(n - i);
+                        let chunk = d[i..i + len].to_vec();
+                        d.splice(i..i, chunk);
+                    }
+                    5 => {
+                        let other = &pool[next() as usize % pool.len()];
+                        let cut = if other.is_empty() {
+                            0
+                        } else {
+                            next() as usize % other.len()
+                        };
+                        d.extend_from_slice(&other[cut..]);
+                    }
+                    _ => {
+                        let e = &extra[next() as usize % extra.len()];
+                        let i = if n == 0 { 0 } else { next() as usize % (n + 1) };
+                        d.splice(i..i, e.iter().copied());
+                    }
+                }
+            }
+            d.truncate(4096);
+            runs += 1;
+            if std::panic::catch_unwind(|| target(&d)).is_err() {
+                let dir = crate::harness::root().join("fuzz/artifacts").join(name);
+                std::fs::create_dir_all(&dir).unwrap();
+                let path = dir.join(format!("crash-{runs}"));
+                std::fs::write(&path, &d).unwrap();
+                broken.push(path.display().to_string());
+                break;
+            }
+            if next() % 64 == 0 && pool.len() < 4096 {
+                pool.push(d);
+            }
+        }
+        report.push(format!("{name}: {runs} runs"));
+    }
+    std::panic::set_hook(prev);
+    eprintln!(
+        "stable mutation fuzzing, {secs} s per target: {}",
+        report.join(", ")
+    );
+    assert!(
+        broken.is_empty(),
+        "inputs that break a property: {broken:?}"
+    );
+}
+
 /// Seeds for each target: typical, edge and hostile inputs.
 fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     let b = |s: &str| s.as_bytes().to_vec();

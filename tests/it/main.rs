@@ -33,6 +33,7 @@ mod limits;
 mod login_page;
 mod onboarding;
 mod operations;
+mod outages;
 mod own_rights;
 mod policy_matrix;
 mod properties;

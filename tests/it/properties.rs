@@ -8,7 +8,12 @@ use headgate::fuzz;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
+/// `cases` per property; `HEADGATE_PROPTEST_CASES` overrides it for a longer run.
 fn cfg(cases: u32) -> Config {
+    let cases = std::env::var("HEADGATE_PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(cases);
     Config {
         cases,
         failure_persistence: None,

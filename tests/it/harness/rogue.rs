@@ -187,7 +187,19 @@ struct Keys {
     weak_rsa_jwk: Value,
 }
 
+/// An outage the rogue IdP plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outage {
+    /// Answers normally.
+    None,
+    /// Every request is answered 503.
+    Down,
+    /// Every request is held for two minutes (a hanging IdP).
+    Hang,
+}
+
 struct State {
+    outage: Outage,
     issuer: String,
     client_id: String,
     subject: String,
@@ -230,6 +242,7 @@ impl RogueIdp {
         claims.insert("email_verified".into(), json!(true));
         claims.insert("name".into(), json!("Mallory Rogue"));
         let state = Arc::new(Mutex::new(State {
+            outage: Outage::None,
             issuer: issuer.clone(),
             client_id: client_id.to_string(),
             subject: ROGUE_SUB.to_string(),
@@ -382,6 +395,18 @@ impl RogueIdp {
         sign_with(header, claims, Signer::Es256(&self.keys.legit_pkcs8))
     }
 
+    /// Play an outage (or stop playing one).
+    pub fn set_outage(&self, o: Outage) {
+        self.state.lock().unwrap().outage = o;
+    }
+
+    /// Rotate the signing key: a new ES256 key under the new `kid` signs the ID tokens from now on, and the JWKS
+    /// publishes only it (the old key is withdrawn).
+    pub fn rotate_key(&self, kid: &str) {
+        let keys = make_keys_with_kid(kid);
+        self.state.lock().unwrap().keys = Arc::new(keys);
+    }
+
     /// Sign any header and claims with the ES256 key that is *not* published (a forgery; header as given).
     pub fn sign_es256_unpublished(&self, header: &Value, claims: &Value) -> String {
         sign_with(header, claims, Signer::Es256(&self.keys.other_pkcs8))
@@ -431,12 +456,16 @@ impl Drop for RogueIdp {
 }
 
 fn make_keys() -> Keys {
+    make_keys_with_kid(LEGIT_KID)
+}
+
+fn make_keys_with_kid(kid: &str) -> Keys {
     let legit = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let raw = legit.public_key_raw(); // 0x04 || x || y
     assert_eq!(raw.len(), 65, "uncompressed P-256 point");
     let legit_jwk = json!({
-        "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": LEGIT_KID,
+        "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
         "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65]),
     });
     let weak_rsa_jwk = json!({
@@ -515,7 +544,8 @@ fn build_id_token(st: &State, forgery: Forgery, nonce: Option<&str>) -> String {
     for (k, v) in &st.claims {
         c.insert(k.clone(), v.clone());
     }
-    let mut header = json!({ "alg": "ES256", "typ": "JWT", "kid": LEGIT_KID });
+    let kid = st.keys.legit_jwk["kid"].clone();
+    let mut header = json!({ "alg": "ES256", "typ": "JWT", "kid": kid });
     let keys = &st.keys;
     let mut signer = Signer::Es256(&keys.legit_pkcs8);
     let hs_jwk_secret;
@@ -587,6 +617,15 @@ fn json_response(status: u16, v: &Value) -> Response<Full<Bytes>> {
 }
 
 async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let outage = st.lock().unwrap().outage;
+    match outage {
+        Outage::None => {}
+        Outage::Down => return json_response(503, &json!({ "error": "down" })),
+        Outage::Hang => {
+            tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+            return json_response(503, &json!({ "error": "hung" }));
+        }
+    }
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
