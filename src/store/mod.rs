@@ -16,7 +16,7 @@ mod postgres;
 mod records;
 mod redb;
 
-pub use postgres::{CACHE_LIFETIME, check_postgres_url, load_ca_file};
+pub use postgres::{CACHE_LIFETIME, check_postgres_url, load_ca_file, probe_postgres};
 
 pub use records::{
     AuditEvent, Link, LinkOutcome, LinkState, NewAuditEvent, NewUser, OwnerBootstrap,

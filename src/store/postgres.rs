@@ -184,6 +184,54 @@ fn describe(cfg: &tokio_postgres::Config) -> String {
     )
 }
 
+/// Connect once, read the schema version (0 when headgate never ran there), change nothing: for
+/// `check-config`. Returns where the data lives (no password) and the version.
+pub async fn probe_postgres(
+    config: &crate::config::PostgresConfig,
+) -> Result<(String, u64), StoreError> {
+    let mut cfg: tokio_postgres::Config =
+        config
+            .url
+            .expose()
+            .parse()
+            .map_err(|e| StoreError::Unavailable {
+                location: "store.url".into(),
+                detail: format!("store.url does not parse: {e}"),
+            })?;
+    let location = describe(&cfg);
+    let unavailable = |detail: String| StoreError::Unavailable {
+        location: location.clone(),
+        detail,
+    };
+    let timeout = Duration::from_secs(config.connect_timeout);
+    cfg.connect_timeout(timeout).application_name(APP_NAME);
+    let tls = tls(config.tls_ca_path.as_deref()).map_err(&unavailable)?;
+    let (client, conn) = tokio::time::timeout(timeout, cfg.connect(tls))
+        .await
+        .map_err(|_| unavailable("no connection within store.connect_timeout".into()))?
+        .map_err(|e| unavailable(e.to_string()))?;
+    let task = tokio::spawn(conn);
+    let version = async {
+        let exists: bool = client
+            .query_one("SELECT to_regclass('headgate_schema') IS NOT NULL", &[])
+            .await?
+            .get(0);
+        if !exists {
+            return Ok(0);
+        }
+        let v: i64 = client
+            .query_one("SELECT coalesce(max(version), 0) FROM headgate_schema", &[])
+            .await?
+            .get(0);
+        Ok::<_, tokio_postgres::Error>(v)
+    }
+    .await;
+    drop(client);
+    let _ = task.await;
+    let v = version.map_err(|e| unavailable(e.to_string()))?;
+    Ok((location, v as u64))
+}
+
 // ----- errors -----
 
 /// An error inside an operation, turned into a [`StoreError`] (with the location) at the boundary.
@@ -706,13 +754,19 @@ impl PgStore {
         let location = self.location.clone();
         transaction!(self, t => {
             t.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
-            t.batch_execute(
-                "CREATE TABLE IF NOT EXISTS headgate_schema (
-                    version bigint PRIMARY KEY,
-                    applied timestamptz NOT NULL DEFAULT now()
-                )",
-            )
-            .await?;
+            let exists: bool = t
+                .query_one("SELECT to_regclass('headgate_schema') IS NOT NULL", &[])
+                .await?
+                .get(0);
+            if !exists {
+                t.batch_execute(
+                    "CREATE TABLE headgate_schema (
+                        version bigint PRIMARY KEY,
+                        applied timestamptz NOT NULL DEFAULT now()
+                    )",
+                )
+                .await?;
+            }
             let found: i64 = t
                 .query_one("SELECT coalesce(max(version), 0) FROM headgate_schema", &[])
                 .await?

@@ -30,6 +30,7 @@ mod operations;
 mod own_rights;
 mod policy_matrix;
 mod proxy_corpora;
+mod replicas;
 mod serve;
 mod sessions;
 mod signin;

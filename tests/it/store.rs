@@ -1712,7 +1712,7 @@ async fn postgres_over_a_unix_socket() {
 
 /// A store with one of everything: owner and members, links (approved, pending), user and API-key sessions,
 /// signing keys in every state, audit events, rate-limit rows.
-async fn populate(s: &Store) {
+pub async fn populate(s: &Store) {
     let owner = s
         .create_user(new_user("owner"), OwnerBootstrap::FirstUser)
         .await
