@@ -467,3 +467,42 @@ async fn store_migrate_copies_redb_into_postgres_and_refuses_a_non_empty_target(
     assert_eq!(code, 1);
     assert!(err.contains("store.url"), "{err}");
 }
+
+#[test]
+fn check_config_probes_postgresql_without_changing_it() {
+    let server = PgServer::shared();
+    let db = server.database();
+    let cfg = HeadgateConfig::new().section(store_section(&server.url(&db)));
+    let (_, out, err) = cfg.run(&["check-config"]);
+    let line = out
+        .lines()
+        .find(|l| l.contains("store"))
+        .unwrap_or_else(|| panic!("no store line: {out}{err}"));
+    assert!(
+        line.contains(&format!("PostgreSQL database {db}"))
+            && line.contains("creates its tables at first start"),
+        "{line}"
+    );
+    assert!(
+        server
+            .sql(&db, "SELECT to_regclass('headgate_schema') IS NULL")
+            .first()
+            .and_then(|r| r[0].clone())
+            .as_deref()
+            == Some("t"),
+        "check-config created tables"
+    );
+    // Unreachable: the store line fails, naming store.url and not the password.
+    let port = harness::free_port();
+    let cfg = HeadgateConfig::new().section(store_section(&format!(
+        "postgresql://headgate:Pw0rdSecret@127.0.0.1:{port}/headgate"
+    )));
+    let (code, out, err) = cfg.run(&["check-config"]);
+    assert_eq!(code, 1, "{out}{err}");
+    let line = out.lines().find(|l| l.contains("store")).unwrap();
+    assert!(line.contains("store.url"), "{out}");
+    assert!(
+        !out.contains("Pw0rdSecret") && !err.contains("Pw0rdSecret"),
+        "{out}{err}"
+    );
+}
