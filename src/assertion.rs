@@ -576,7 +576,18 @@ impl Assertions {
             usable.insert(kid, key);
         }
         let stored = if wrote {
-            self.store.signing_keys().await?
+            let again = self.store.signing_keys().await?;
+            // Replicas on a shared store may have added keys meanwhile (two starting at once each make one,
+            // the later one retiring the other): those are usable here too.
+            for k in &again {
+                if matches!(k.state, S::Next | S::Current | S::Retired)
+                    && !usable.contains_key(&k.kid)
+                    && let Unsealed::Current(key) | Unsealed::Previous(key) = self.unseal(k)
+                {
+                    usable.insert(k.kid.clone(), key);
+                }
+            }
+            again
         } else {
             stored
         };
@@ -1016,14 +1027,33 @@ fn when(t: Option<i64>) -> String {
 
 /// Run `headgate keys <cmd>` against the store of `config`; the message of an `Err` is for the operator.
 pub fn run_cli(config: Config, cmd: KeysCmd) -> Result<ExitCode, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let store = match &config.store {
+        // PostgreSQL is shared: rotating from any replica (or a machine beside them) is fine while they run.
+        crate::config::StoreConfig::Postgres(pg) => rt
+            .block_on(Store::open_postgres(pg))
+            .map_err(|e| e.to_string())?,
+        crate::config::StoreConfig::Redb => match open_redb_for_keys(&config, &cmd)? {
+            Some(s) => s,
+            None => return Ok(ExitCode::SUCCESS),
+        },
+    };
+    run_keys(&config, store, &rt, cmd)
+}
+
+/// The redb store for `headgate keys` (None: nothing to list yet).
+fn open_redb_for_keys(config: &Config, cmd: &KeysCmd) -> Result<Option<Store>, String> {
     let path = config.store_path();
     if !path.exists() {
-        if cmd == KeysCmd::List {
+        if *cmd == KeysCmd::List {
             println!(
                 "no store at {} yet: headgate creates its first signing key when it starts",
                 path.display()
             );
-            return Ok(ExitCode::SUCCESS);
+            return Ok(None);
         }
         if !config.server.data_path.is_dir() {
             return Err(format!(
@@ -1044,16 +1074,21 @@ pub fn run_cli(config: Config, cmd: KeysCmd) -> Result<ExitCode, String> {
         }
         Err(e) => return Err(e.to_string()),
     };
+    Ok(Some(store))
+}
+
+fn run_keys(
+    config: &Config,
+    store: Store,
+    rt: &tokio::runtime::Runtime,
+    cmd: KeysCmd,
+) -> Result<ExitCode, String> {
     let keys = Arc::new(Keys::new(
         &config.server.cookie_secret,
         config.server.cookie_secret_previous.as_ref(),
     ));
-    let assertions = Assertions::new(&config, store, keys, Arc::new(crate::crypto::OsRandom));
+    let assertions = Assertions::new(config, store, keys, Arc::new(crate::crypto::OsRandom));
     let now = crate::clock::Clock::now(&crate::clock::SystemClock);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     rt.block_on(async {
         match cmd {
             KeysCmd::List => {

@@ -127,7 +127,10 @@ pub async fn run(config: &Config, http: &HttpClient) -> Vec<CheckLine> {
         }
     });
     out.push(check_data_dir(&config.server.data_path));
-    out.push(check_store(&config.store_path()).await);
+    out.push(match &config.store {
+        crate::config::StoreConfig::Redb => check_store(&config.store_path()).await,
+        crate::config::StoreConfig::Postgres(pg) => check_postgres(pg).await,
+    });
     if let Some(tls) = &config.server.tls {
         out.push(match crate::server::tls::load(tls) {
             Ok(_) => CheckLine::pass(
@@ -214,6 +217,31 @@ pub fn check_data_dir(path: &Path) -> CheckLine {
                 ),
             }
         }
+    }
+}
+
+/// Connect to PostgreSQL and read the schema version, changing nothing (`serve` migrates).
+async fn check_postgres(pg: &crate::config::PostgresConfig) -> CheckLine {
+    const NAME: &str = "store";
+    match crate::store::probe_postgres(pg).await {
+        Ok((location, 0)) => CheckLine::pass(
+            NAME,
+            format!("{location} is reachable; headgate creates its tables at first start"),
+        ),
+        Ok((location, v)) if v > crate::store::SCHEMA_VERSION => CheckLine::fail(
+            NAME,
+            format!(
+                "{location} was set up by a newer headgate (schema {v}, this binary understands {})",
+                crate::store::SCHEMA_VERSION
+            ),
+            "upgrade headgate",
+        ),
+        Ok((location, v)) => CheckLine::pass(NAME, format!("{location} is reachable (schema {v})")),
+        Err(e) => CheckLine::fail(
+            NAME,
+            e.to_string(),
+            "check store.url (host, port, database, user, password) and that PostgreSQL accepts connections from here",
+        ),
     }
 }
 

@@ -13,7 +13,7 @@ use crate::admin::commands::{self, Context, Output, Request};
 use crate::admin::socket::{self, AdminSocket};
 use crate::app::App;
 use crate::check::{self, Status};
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigErrors, StoreConfig};
 use crate::http_client::HttpClient;
 use crate::server::{self, Server};
 use crate::store::{Store, StoreError};
@@ -82,6 +82,9 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// The store itself: copy it from one backend into another (`store migrate --from redb --to postgres`).
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// The signing keys of the signed assertion (X-Headgate-Assertion): list, rotate, revoke.
     Keys {
         #[command(subcommand)]
@@ -127,6 +130,29 @@ pub enum UsersCommand {
         #[arg(value_name = "USER")]
         user: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Copy every user, role, link, session, signing key, audit record and rate-limit counter from one backend
+    /// into another, which must be empty (it is never overwritten). The redb side is
+    /// <server.data_path>/headgate.redb (or --file); the PostgreSQL side is store.url. Stop headgate first
+    /// when copying from redb.
+    Migrate {
+        #[arg(long, value_enum)]
+        from: BackendName,
+        #[arg(long, value_enum)]
+        to: BackendName,
+        /// The redb file to read or write instead of <server.data_path>/headgate.redb.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendName {
+    Redb,
+    Postgres,
 }
 
 #[derive(Subcommand, Debug)]
@@ -233,6 +259,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
             )
         }
         Command::Restore { file } => restore(cli.config.as_deref(), &env, &file),
+        Command::Store(StoreCommand::Migrate { from, to, file }) => {
+            migrate(&load(cli.config.as_deref(), &env)?, from, to, file)
+        }
         Command::Keys { cmd } => crate::assertion::run_cli(load(cli.config.as_deref(), &env)?, cmd)
             .map_err(Failure::runtime),
     }
@@ -251,6 +280,14 @@ fn restore(
     file: &Path,
 ) -> Result<ExitCode, Failure> {
     let config = load(flag, env)?;
+    if let StoreConfig::Postgres(_) = config.store {
+        return Err(Failure::runtime(format!(
+            "headgate restore puts a redb backup in place of <server.data_path>/headgate.redb, but store.backend \
+             is \"postgres\": copy the backup into the (empty) database with `headgate store migrate --from redb \
+             --to postgres --file {}`",
+            file.display()
+        )));
+    }
     let sock = socket::socket_path(&config.server.data_path);
     let target = config.store_path();
     runtime()?.block_on(async {
@@ -314,6 +351,85 @@ fn restore(
     })
 }
 
+/// `headgate store migrate`: export one backend, import into the other (empty) one.
+fn migrate(
+    config: &Config,
+    from: BackendName,
+    to: BackendName,
+    file: Option<PathBuf>,
+) -> Result<ExitCode, Failure> {
+    if from == to {
+        return Err(Failure::runtime(
+            "--from and --to name the same backend: nothing to copy",
+        ));
+    }
+    let StoreConfig::Postgres(pg) = &config.store else {
+        return Err(Failure::runtime(
+            "store.url is not configured: set [store] backend = \"postgres\" and url (or url_path) to the \
+             PostgreSQL database to copy to or from",
+        ));
+    };
+    let default_file = file.is_none();
+    let path = match file {
+        Some(f) => absolute(&f)?,
+        None => config.store_path(),
+    };
+    let rt = runtime()?;
+    rt.block_on(async {
+        let fail = |e: StoreError| Failure::runtime(e.to_string());
+        let open_redb = |path: &Path| match Store::open_redb(path, crate::store::DEFAULT_CACHE_BYTES) {
+            Err(StoreError::Locked { .. }) => Err(Failure::runtime(format!(
+                "{} is in use by a running headgate: stop headgate serve first, then migrate",
+                path.display()
+            ))),
+            r => r.map_err(fail),
+        };
+        let (src, dst) = match from {
+            BackendName::Redb => {
+                if !path.is_file() {
+                    return Err(Failure::runtime(format!(
+                        "there is no redb store at {}: check server.data_path (or --file)",
+                        path.display()
+                    )));
+                }
+                refuse_shared_file(&path)?;
+                let src = open_redb(&path)?;
+                (src, Store::open_postgres(pg).await.map_err(fail)?)
+            }
+            BackendName::Postgres => {
+                if default_file {
+                    prepare_data_dir(&config.server.data_path)?;
+                }
+                refuse_shared_file(&path)?;
+                (Store::open_postgres(pg).await.map_err(fail)?, open_redb(&path)?)
+            }
+        };
+        if !dst.is_empty().await.map_err(fail)? {
+            return Err(Failure::runtime(format!(
+                "{} already holds users, sessions, links, keys or audit records: nothing was copied (migrate only \
+                 into an empty store)",
+                dst.location()
+            )));
+        }
+        let snap = src.export().await.map_err(fail)?;
+        let counts = format!(
+            "{} users, {} links, {} sessions, {} signing keys, {} audit events, {} rate-limit counters",
+            snap.users.len(),
+            snap.links.len(),
+            snap.sessions.len(),
+            snap.signing_keys.len(),
+            snap.audit.len(),
+            snap.rate_limits.len()
+        );
+        dst.import(snap).await.map_err(|e| match e {
+            StoreError::Conflict(m) => Failure::runtime(format!("{}: {m}", dst.location())),
+            e => fail(e),
+        })?;
+        println!("copied {counts} from {} to {}", src.location(), dst.location());
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 /// Run an operator command: through the running server's admin socket when it answers, else on the store
 /// directly. A refused command is exit code 1 with the reason.
 fn admin(
@@ -351,6 +467,12 @@ async fn direct(
     sock: &Path,
     req: Request,
 ) -> Result<Result<Output, String>, Failure> {
+    if let StoreConfig::Postgres(pg) = &config.store {
+        let store = Store::open_postgres(pg)
+            .await
+            .map_err(|e| Failure::runtime(e.to_string()))?;
+        return Ok(run_direct(config, store, req).await);
+    }
     let path = config.store_path();
     if !path.exists() {
         return Err(Failure::runtime(format!(
@@ -381,15 +503,22 @@ async fn direct(
         }
         Err(e) => return Err(Failure::runtime(e.to_string())),
     };
-    let uid = socket::own_uid()
-        .map_err(|e| Failure::runtime(format!("cannot learn this process's uid: {e}")))?;
+    Ok(run_direct(config, store, req).await)
+}
+
+/// Run an operator command on an opened store (audited with this process's uid, like the socket's).
+async fn run_direct(config: &Config, store: Store, req: Request) -> Result<Output, String> {
+    let uid = match socket::own_uid() {
+        Ok(u) => u,
+        Err(e) => return Err(format!("cannot learn this process's uid: {e}")),
+    };
     let ctx = Context::new(
         config,
         store,
         HttpClient::new(),
         Arc::new(crate::clock::SystemClock),
     );
-    Ok(commands::execute(&ctx, uid, req).await)
+    commands::execute(&ctx, uid, req).await
 }
 
 fn load(flag: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, Failure> {
@@ -444,10 +573,16 @@ fn serve(flag: Option<&Path>, env: &HashMap<String, String>) -> Result<ExitCode,
         tracing::warn!("{w}");
     }
     prepare_data_dir(&config.server.data_path)?;
-    refuse_shared_file(&config.store_path())?;
-    let store = Store::open_redb(&config.store_path(), crate::store::DEFAULT_CACHE_BYTES)
-        .map_err(|e| Failure::runtime(e.to_string()))?;
     let rt = runtime()?;
+    let store = match &config.store {
+        StoreConfig::Redb => {
+            refuse_shared_file(&config.store_path())?;
+            Store::open_redb(&config.store_path(), crate::store::DEFAULT_CACHE_BYTES)
+        }
+        StoreConfig::Postgres(pg) => rt.block_on(Store::open_postgres(pg)),
+    }
+    .map_err(|e| Failure::runtime(e.to_string()))?;
+    tracing::info!("store: {}", store.location());
     rt.block_on(async move {
         let grace = Duration::from_secs(config.server.shutdown_timeout);
         let (app, background) = App::new(

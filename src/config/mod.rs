@@ -37,6 +37,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub headers: HeadersConfig,
     pub forward_auth: ForwardAuthConfig,
+    pub store: StoreConfig,
     /// Non-fatal findings (open-door defaults) shown by `serve` and `check-config`.
     pub warnings: Vec<String>,
 }
@@ -132,6 +133,29 @@ pub struct ForwardAuthConfig {
     /// Peers whose verdict requests count (their `X-Original-*`/`X-Forwarded-*` describe the original request);
     /// any other peer gets 403. Default: loopback.
     pub trusted_proxies: Vec<Cidr>,
+}
+
+/// `[store]`: where users, sessions, links, keys and the audit log live.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// The embedded redb file `<server.data_path>/headgate.redb` (default; one headgate process).
+    Redb,
+    /// A PostgreSQL database shared by several replicas.
+    Postgres(PostgresConfig),
+}
+
+/// `[store] backend = "postgres"`.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// `store.url` (or `store.url_path`): a libpq-style URL or key=value string. Holds the password: never
+    /// printed (see [`PostgresConfig::describe`]).
+    pub url: Secret,
+    /// Connections in the pool (`store.pool_size`), besides the one that listens for cache invalidations.
+    pub pool_size: usize,
+    /// Seconds to wait for a connection (`store.connect_timeout`).
+    pub connect_timeout: u64,
+    /// Extra CA certificates (PEM) trusted for TLS to PostgreSQL (`store.tls_ca_path`), besides the public roots.
+    pub tls_ca_path: Option<PathBuf>,
 }
 
 /// S4: what a person's own pick of a Headscale user does.
@@ -327,6 +351,7 @@ impl Config {
         let policy_t = take_section(&mut root, "policy", &mut errors);
         let headers_t = take_section(&mut root, "headers", &mut errors);
         let forward_auth_t = take_section(&mut root, "forward_auth", &mut errors);
+        let store_t = take_section(&mut root, "store", &mut errors);
         for key in root.keys() {
             let mut msg = "unknown section".to_string();
             if let Some(s) = nearest(key, SECTIONS) {
@@ -421,6 +446,17 @@ impl Config {
             s.finish();
             r
         };
+        let store = {
+            let mut s = Section::new(
+                "store",
+                store_t.unwrap_or_default(),
+                env_of("store"),
+                &mut errors,
+            );
+            let r = read_store(&mut s, env);
+            s.finish();
+            r
+        };
         if !errors.is_empty() {
             return Err(fail(errors));
         }
@@ -444,6 +480,7 @@ impl Config {
             policy,
             headers,
             forward_auth,
+            store: store.expect("no errors means the store section was read"),
             warnings: Vec::new(),
         };
         config.warnings = open_door_warnings(&config);
@@ -487,6 +524,9 @@ impl Config {
         collect("forward_auth", &|s| {
             read_forward_auth(s);
         });
+        collect("store", &|s| {
+            read_store(s, &env);
+        });
         keys.sort();
         keys.dedup();
         keys
@@ -507,6 +547,7 @@ const SECTIONS: &[&str] = &[
     "policy",
     "headers",
     "forward_auth",
+    "store",
 ];
 
 /// Apply `HEADGATE_<SECTION>__<KEY>[__<SUBKEY>]` variables; returns, per section, the keys they set.
@@ -1054,6 +1095,64 @@ fn read_forward_auth(s: &mut Section<'_>) -> ForwardAuthConfig {
     ForwardAuthConfig {
         hosts,
         trusted_proxies,
+    }
+}
+
+fn read_store(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<StoreConfig> {
+    let backend = s.string("backend");
+    let url_given = s.is_set("url") || s.is_set("url_path");
+    let url_key = if s.is_set("url") { "url" } else { "url_path" };
+    let url = s.secret("url", "url_path", env);
+    let pool_size = s.u64_in("pool_size", 8, 1, 100) as usize;
+    let connect_timeout = s.u64_in("connect_timeout", 5, 1, 120);
+    let tls_ca_path = s.non_empty_string("tls_ca_path").map(PathBuf::from);
+    match backend.as_deref() {
+        None | Some("redb") => {
+            if url_given {
+                s.error(
+                    url_key,
+                    "is set, but store.backend is \"redb\": set store.backend = \"postgres\" to use PostgreSQL, or \
+                     remove it",
+                );
+                return None;
+            }
+            Some(StoreConfig::Redb)
+        }
+        Some("postgres") => {
+            if !url_given {
+                s.error(
+                    "url",
+                    "missing: store.backend = \"postgres\" needs store.url (or store.url_path), e.g. \
+                     \"postgresql://headgate@db.example.com/headgate\"",
+                );
+                return None;
+            }
+            let url = url?;
+            if let Err(e) = crate::store::check_postgres_url(url.expose()) {
+                s.error(url_key, e);
+                return None;
+            }
+            if let Some(p) = &tls_ca_path
+                && let Err(e) = crate::store::load_ca_file(p)
+            {
+                s.error("tls_ca_path", e);
+                return None;
+            }
+            Some(StoreConfig::Postgres(PostgresConfig {
+                url,
+                pool_size,
+                connect_timeout,
+                tls_ca_path,
+            }))
+        }
+        Some(other) => {
+            let mut msg = format!("{other:?} is not a store backend: use \"redb\" or \"postgres\"");
+            if let Some(n) = nearest(other, &["redb", "postgres"]) {
+                msg.push_str(&format!(" (did you mean {n:?}?)"));
+            }
+            s.error("backend", msg);
+            None
+        }
     }
 }
 

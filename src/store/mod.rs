@@ -1,5 +1,5 @@
 //! headgate's storage: one async interface that speaks the domain, backed by an embedded redb file (the
-//! default, single node) and, later, PostgreSQL (several replicas). Nothing outside this module knows which
+//! default, single node) or PostgreSQL (several replicas, `postgres.rs`). Nothing outside this module knows which
 //! backend is in use, and no database or transaction type leaves it. Rules that must hold however many
 //! replicas run — one owner, one-to-one links, (later) rate limits and replay caches — are decided here,
 //! inside one transaction, never in process memory.
@@ -12,8 +12,11 @@
 //! and its operations in `redb.rs` (see the note at its table list), a `Store` method here, and a schema
 //! version bump with a migration step that creates it.
 
+mod postgres;
 mod records;
 mod redb;
+
+pub use postgres::{CACHE_LIFETIME, check_postgres_url, load_ca_file, probe_postgres};
 
 pub use records::{
     AuditEvent, Link, LinkOutcome, LinkState, NewAuditEvent, NewUser, OwnerBootstrap,
@@ -76,6 +79,45 @@ pub enum StoreError {
     /// The record the operation is about does not exist; nothing was written.
     #[error("{0} not found")]
     NotFound(String),
+    /// PostgreSQL cannot be reached, refused the login, or went away (the operation may not have happened).
+    #[error(
+        "cannot use the PostgreSQL store ({location}): {detail}; check store.url, that PostgreSQL is running \
+         and reachable from here, and the user's password"
+    )]
+    Unavailable { location: String, detail: String },
+    /// PostgreSQL refused a statement, or a stored row does not decode; nothing was written.
+    #[error("the PostgreSQL store ({location}) failed: {detail}")]
+    Database { location: String, detail: String },
+}
+
+/// Everything a store holds, as one consistent snapshot: what `headgate store migrate` and a PostgreSQL
+/// store's backup copy from one backend into another (an empty one).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    pub users: Vec<User>,
+    pub links: Vec<Link>,
+    pub sessions: Vec<(SessionKey, SessionRecord)>,
+    pub signing_keys: Vec<SigningKey>,
+    pub audit: Vec<AuditEvent>,
+    /// `(bucket, unix times of recent failures)`.
+    pub rate_limits: Vec<(String, Vec<i64>)>,
+    /// The owner-bootstrap marker (S2).
+    pub bootstrapped: bool,
+    /// The next user id and audit id the store will hand out (ids are never reused).
+    pub next_user_id: u64,
+    pub next_audit_id: u64,
+}
+
+impl Snapshot {
+    /// How many records it holds (users, links, sessions, keys, audit events, rate-limit rows).
+    pub fn rows(&self) -> u64 {
+        (self.users.len()
+            + self.links.len()
+            + self.sessions.len()
+            + self.signing_keys.len()
+            + self.audit.len()
+            + self.rate_limits.len()) as u64
+    }
 }
 
 /// The store: cheap to clone (an `Arc` inside); every clone is the same store.
@@ -95,7 +137,7 @@ pub struct Store {
 
 enum Backend {
     Redb(redb::RedbStore),
-    // Postgres(postgres::PgStore), later.
+    Postgres(postgres::PgStore),
 }
 
 impl std::fmt::Debug for Store {
@@ -110,6 +152,7 @@ macro_rules! dispatch {
     ($self:ident . $method:ident ( $($arg:expr),* )) => {
         match &*$self.backend {
             Backend::Redb(b) => b.$method($($arg),*).await,
+            Backend::Postgres(b) => b.timed(b.$method($($arg),*)).await,
         }
     };
 }
@@ -133,6 +176,66 @@ impl Store {
         })
     }
 
+    /// Connect to PostgreSQL (`store.backend = "postgres"`), apply the schema migrations this binary knows
+    /// (under an advisory lock, so replicas starting at once migrate once) and start listening for cache
+    /// invalidations. Fails with [`StoreError::Unavailable`] when the database cannot be reached within
+    /// `store.connect_timeout`, and with [`StoreError::NewerSchema`] for a database a newer headgate set up.
+    pub async fn open_postgres(
+        config: &crate::config::PostgresConfig,
+    ) -> Result<Store, StoreError> {
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let b = postgres::PgStore::open(config, changed.clone()).await?;
+        Ok(Store {
+            backend: Arc::new(Backend::Postgres(b)),
+            fail_reads: Arc::new(AtomicBool::new(false)),
+            changed,
+        })
+    }
+
+    /// Open the store `config` names: the redb file under `server.data_path` (on the blocking pool) or
+    /// PostgreSQL.
+    pub async fn open_configured(config: &crate::config::Config) -> Result<Store, StoreError> {
+        match &config.store {
+            crate::config::StoreConfig::Redb => {
+                let path = config.store_path();
+                tokio::task::spawn_blocking(move || Store::open_redb(&path, DEFAULT_CACHE_BYTES))
+                    .await
+                    .map_err(|e| StoreError::Io {
+                        path: config.store_path(),
+                        source: std::io::Error::other(format!("opening the store failed: {e}")),
+                    })?
+            }
+            crate::config::StoreConfig::Postgres(pg) => Store::open_postgres(pg).await,
+        }
+    }
+
+    /// Whether several headgate processes may share this store (PostgreSQL) or only one (redb).
+    pub fn is_shared(&self) -> bool {
+        matches!(&*self.backend, Backend::Postgres(_))
+    }
+
+    /// Test hook: the state of the PostgreSQL read cache, `(listening for invalidations, entries)`; `None`
+    /// for redb.
+    #[doc(hidden)]
+    pub fn cache_state_for_test(&self) -> Option<(bool, usize)> {
+        match &*self.backend {
+            Backend::Redb(_) => None,
+            Backend::Postgres(b) => Some(b.cache_state()),
+        }
+    }
+
+    /// Every record, as one consistent snapshot.
+    pub async fn export(&self) -> Result<Snapshot, StoreError> {
+        dispatch!(self.export())
+    }
+
+    /// Load a snapshot into this store, which must be empty (no users, sessions, links, audit records or
+    /// keys): a non-empty store → [`StoreError::Conflict`], nothing written. All or nothing.
+    pub async fn import(&self, snapshot: Snapshot) -> Result<u64, StoreError> {
+        let r = dispatch!(self.import(snapshot));
+        self.signal_change(r)
+    }
+
     /// Test hook (fail-closed tests, forward-auth.md class 7): while `on`, every per-request read (session,
     /// user, link) fails with an I/O error, on every clone of this store. Not reachable from configuration.
     #[doc(hidden)]
@@ -141,11 +244,13 @@ impl Store {
     }
 
     /// Test hook (outage tests: a full or read-only disk): while `on`, every write fails with an I/O error
-    /// (nothing is written); reads keep working. Not reachable from configuration.
+    /// (nothing is written); reads keep working. Not reachable from configuration. redb only: a PostgreSQL
+    /// outage is tested by stopping the server.
     #[doc(hidden)]
     pub fn fail_writes_for_test(&self, on: bool) {
         match &*self.backend {
             Backend::Redb(b) => b.fail_writes_for_test(on),
+            Backend::Postgres(_) => panic!("fail_writes_for_test is a redb test hook"),
         }
     }
 
@@ -182,6 +287,7 @@ impl Store {
     pub async fn is_empty(&self) -> Result<bool, StoreError> {
         match &*self.backend {
             Backend::Redb(b) => b.is_empty(),
+            Backend::Postgres(b) => b.timed(b.is_empty()).await,
         }
     }
 
@@ -189,10 +295,11 @@ impl Store {
     pub fn location(&self) -> String {
         match &*self.backend {
             Backend::Redb(b) => format!("redb file {}", b.path().display()),
+            Backend::Postgres(b) => b.location().to_string(),
         }
     }
 
-    /// The schema version stored in the file.
+    /// The schema version stored in the file (or the database).
     pub async fn schema_version(&self) -> Result<u64, StoreError> {
         dispatch!(self.schema_version())
     }

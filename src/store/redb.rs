@@ -1219,6 +1219,138 @@ impl RedbStore {
     }
 }
 
+impl RedbStore {
+    /// Every table as one read transaction sees it.
+    pub(super) async fn export(&self) -> Result<super::Snapshot, StoreError> {
+        self.read_blocking(|txn| {
+            let meta = txn.open_table(META)?;
+            let get =
+                |k: &str| -> Result<Option<u64>, Fail> { Ok(meta.get(k)?.map(|g| g.value())) };
+            let mut snap = super::Snapshot {
+                bootstrapped: get(META_BOOTSTRAPPED)?.is_some(),
+                next_user_id: get(META_NEXT_USER)?.unwrap_or(1),
+                next_audit_id: get(META_NEXT_AUDIT)?.unwrap_or(1),
+                users: all_users(&txn.open_table(USERS)?)?,
+                signing_keys: all_signing_keys(&txn.open_table(SIGNING_KEYS)?)?,
+                ..Default::default()
+            };
+            for row in txn.open_table(LINKS)?.range::<&str>(..)? {
+                let (k, v) = row?;
+                snap.links.push(decode(v.value(), || {
+                    format!("link of Headscale user {:?}", k.value())
+                })?);
+            }
+            for row in txn.open_table(SESSIONS)?.range::<[u8; 32]>(..)? {
+                let (k, v) = row?;
+                let key = SessionKey(k.value());
+                snap.sessions
+                    .push((key, decode(v.value(), || format!("session {key:?}"))?));
+            }
+            for row in txn.open_table(AUDIT)?.range::<u64>(..)? {
+                let (k, v) = row?;
+                snap.audit
+                    .push(decode(v.value(), || format!("audit event {}", k.value()))?);
+            }
+            for row in txn.open_table(RATE_LIMITS)?.range::<&str>(..)? {
+                let (k, v) = row?;
+                let times: Vec<i64> = serde_json::from_slice(v.value()).unwrap_or_default();
+                snap.rate_limits.push((k.value().to_string(), times));
+            }
+            Ok(snap)
+        })
+        .await
+    }
+
+    /// Write `snap` into this (empty) store in one transaction; returns how many records.
+    pub(super) async fn import(&self, snap: super::Snapshot) -> Result<u64, StoreError> {
+        let empty = self.is_empty()?;
+        self.write(move |txn| {
+            if !empty {
+                return Err(Fail::Store(StoreError::Conflict(
+                    "the target store already holds users, sessions, links, keys or audit records: nothing was \
+                     copied (move it away, or use an empty one)"
+                        .into(),
+                )));
+            }
+            let rows = snap.rows();
+            {
+                let mut users = txn.open_table(USERS)?;
+                let mut by_subject = txn.open_table(USERS_BY_SUBJECT)?;
+                for u in &snap.users {
+                    users.insert(u.id.0, encode(u).as_slice())?;
+                    by_subject.insert(u.subject.as_str(), u.id.0)?;
+                }
+                let mut links = txn.open_table(LINKS)?;
+                let mut links_by_user = txn.open_table(LINKS_BY_USER)?;
+                for l in &snap.links {
+                    links.insert(l.headscale_user_id.as_str(), encode(l).as_slice())?;
+                    links_by_user.insert(l.user_id.0, l.headscale_user_id.as_str())?;
+                }
+                let mut sessions = SessionTables::open(txn)?;
+                for (k, r) in &snap.sessions {
+                    sessions.insert(*k, r)?;
+                }
+                let mut keys = txn.open_table(SIGNING_KEYS)?;
+                for k in &snap.signing_keys {
+                    keys.insert(k.kid.as_str(), encode(k).as_slice())?;
+                }
+                let mut audit = txn.open_table(AUDIT)?;
+                for e in &snap.audit {
+                    audit.insert(e.id, encode(e).as_slice())?;
+                }
+                let mut rl = txn.open_table(RATE_LIMITS)?;
+                for (bucket, times) in &snap.rate_limits {
+                    let bytes = serde_json::to_vec(times).expect("a list of numbers serialises");
+                    rl.insert(bucket.as_str(), bytes.as_slice())?;
+                }
+            }
+            let mut meta = txn.open_table(META)?;
+            let max_user = snap.users.iter().map(|u| u.id.0 + 1).max().unwrap_or(1);
+            let max_audit = snap.audit.iter().map(|e| e.id + 1).max().unwrap_or(1);
+            meta.insert(META_NEXT_USER, snap.next_user_id.max(max_user))?;
+            meta.insert(META_NEXT_AUDIT, snap.next_audit_id.max(max_audit))?;
+            if snap.bootstrapped || snap.users.iter().any(|u| u.role == Role::Owner) {
+                meta.insert(META_BOOTSTRAPPED, 1)?;
+            }
+            Ok(rows)
+        })
+        .await
+    }
+}
+
+/// Write `snap` into a new redb file at `dest` (created 0600; an existing file is refused): a PostgreSQL
+/// store's backup. Returns how many records.
+pub(super) async fn write_snapshot_file(
+    dest: PathBuf,
+    snap: super::Snapshot,
+) -> Result<u64, StoreError> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(&dest).map_err(|source| StoreError::Io {
+        path: dest.clone(),
+        source,
+    })?;
+    let store = {
+        let d = dest.clone();
+        tokio::task::spawn_blocking(move || RedbStore::open(&d, 1 << 20))
+            .await
+            .map_err(|e| StoreError::Io {
+                path: dest.clone(),
+                source: std::io::Error::other(format!("the store task did not run: {e}")),
+            })?
+    };
+    let r = match store {
+        Ok(s) => s.import(snap).await,
+        Err(e) => Err(e),
+    };
+    if r.is_err() {
+        // No half-written backup left behind to be mistaken for a good one.
+        let _ = std::fs::remove_file(&dest);
+    }
+    r
+}
+
 // ----- opening -----
 
 /// `None` for a file without tables (new or empty); else the schema version and the tables present.

@@ -722,3 +722,91 @@ fn forward_auth_hosts_and_trusted_proxies() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn the_store_section_picks_a_backend_and_every_problem_names_its_key() {
+    use headgate::config::StoreConfig;
+    assert!(matches!(
+        parse(&minimal()).unwrap().store,
+        StoreConfig::Redb
+    ));
+    let c = parse(&format!(
+        "{}[store]\nbackend = \"postgres\"\nurl = \"postgresql://hg:pw@db.example.com/hg\"\npool_size = 3\nconnect_timeout = 9\n",
+        minimal()
+    ))
+    .unwrap();
+    let StoreConfig::Postgres(pg) = &c.store else {
+        panic!("{:?}", c.store)
+    };
+    assert_eq!((pg.pool_size, pg.connect_timeout), (3, 9));
+    assert_eq!(pg.url.expose(), "postgresql://hg:pw@db.example.com/hg");
+    assert!(!format!("{c:?}").contains("hg:pw"), "the URL is a secret");
+
+    // url_path: a secret file with ${VAR}.
+    let dir = harness::tempdir();
+    std::fs::write(
+        dir.path().join("url"),
+        "postgresql://hg:pw@db.example.com/hg\n",
+    )
+    .unwrap();
+    let text = format!(
+        "{}[store]\nbackend = \"postgres\"\nurl_path = \"${{D}}/url\"\n",
+        minimal()
+    );
+    let e = env(&[("D", dir.path().to_str().unwrap())]);
+    let c = Config::parse("t", &text, &e).unwrap();
+    assert!(matches!(c.store, StoreConfig::Postgres(_)));
+    // Environment overrides work for the section too.
+    let e = env(&[
+        ("HEADGATE_STORE__BACKEND", "postgres"),
+        ("HEADGATE_STORE__URL", "host=/run/postgresql user=hg"),
+        ("HEADGATE_STORE__POOL_SIZE", "2"),
+    ]);
+    let c = Config::parse("t", &minimal(), &e).unwrap();
+    assert!(matches!(&c.store, StoreConfig::Postgres(p) if p.pool_size == 2));
+
+    let errs = errors(
+        &format!("{}[store]\nbackend = \"postgress\"\n", minimal()),
+        &env(&[]),
+    );
+    assert!(
+        has(&errs, "store.backend", "did you mean \"postgres\""),
+        "{errs:?}"
+    );
+    let errs = errors(
+        &format!("{}[store]\nbackend = \"postgres\"\n", minimal()),
+        &env(&[]),
+    );
+    assert!(has(&errs, "store.url", "missing"), "{errs:?}");
+    let errs = errors(
+        &format!("{}[store]\nurl = \"postgresql://a@b/c\"\n", minimal()),
+        &env(&[]),
+    );
+    assert!(has(&errs, "store.url", "backend is \"redb\""), "{errs:?}");
+    let errs = errors(
+        &format!(
+            "{}[store]\nbackend = \"postgres\"\nurl = \"postgresql://hg:TopSecret@db/hg?sslmode=verify-full\"\n",
+            minimal()
+        ),
+        &env(&[]),
+    );
+    assert!(has(&errs, "store.url", "sslmode"), "{errs:?}");
+    assert!(!errs.iter().any(|e| e.contains("TopSecret")), "{errs:?}");
+    let errs = errors(
+        &format!(
+            "{}[store]\nbackend = \"postgres\"\nurl = \"postgresql://a@b/c\"\nurl_path = \"/x\"\npool_size = 0\nconnect_timeout = 1000\ntls_ca_path = \"/nonexistent.pem\"\nurl_pth = 1\n",
+            minimal()
+        ),
+        &env(&[]),
+    );
+    assert!(has(&errs, "store.url_path", "both"), "{errs:?}");
+    assert!(has(&errs, "store.pool_size", "out of range"), "{errs:?}");
+    assert!(
+        has(&errs, "store.connect_timeout", "out of range"),
+        "{errs:?}"
+    );
+    assert!(
+        has(&errs, "store.url_pth", "did you mean `url_path`"),
+        "{errs:?}"
+    );
+}

@@ -1352,3 +1352,70 @@ fn deploy_demo_config_only_writes_a_config_headgate_accepts() {
         "mine"
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Kubernetes: several replicas on one PostgreSQL store
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn deploy_kubernetes_replicas_share_a_postgresql_store() {
+    let dir = deploy().join("kubernetes/replicas");
+    let k = yaml_docs(&dir.join("kustomization.yaml"));
+    let listed: BTreeSet<String> = seq(&k[0]["resources"]).iter().map(string).collect();
+    let present: BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    assert_eq!(listed, present, "kustomization.yaml resources vs the files");
+    let objs: Vec<Obj> = objects_in(&dir)
+        .into_iter()
+        .filter(|o| o.kind() != "Kustomization")
+        .collect();
+
+    // The headgate.toml in the ConfigMap, parsed by headgate with the mounted secrets (store.url_path too).
+    let sc = sidecar_headgate_config(&objs);
+    let headgate::config::StoreConfig::Postgres(pg) = &sc.config.store else {
+        panic!("the replicas example must use a PostgreSQL store")
+    };
+    assert!(pg.url.expose().starts_with("postgresql://"));
+    assert!(
+        sc.toml["store"].get("url").is_none(),
+        "the URL holds a password: store.url_path, from a Secret"
+    );
+
+    let deployment = only(&objs, "Deployment");
+    assert_eq!(deployment.v["spec"]["replicas"].as_u64(), Some(3));
+    assert_ne!(
+        deployment.v["spec"]["strategy"]["type"].as_str(),
+        Some("Recreate"),
+        "a shared store needs no Recreate: replicas roll"
+    );
+    let pod_labels = labels(&deployment.v["spec"]["template"]["metadata"]["labels"]);
+    let vols = volumes(deployment);
+    for (name, v) in &vols {
+        assert!(
+            v["persistentVolumeClaim"].is_null(),
+            "{name}: replicas keep nothing on a volume of their own"
+        );
+    }
+    for kind in ["Service", "PodDisruptionBudget"] {
+        let o = only(&objs, kind);
+        let sel = if kind == "Service" {
+            labels(&o.v["spec"]["selector"])
+        } else {
+            labels(&o.v["spec"]["selector"]["matchLabels"])
+        };
+        assert!(
+            sel.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+            "{} selects the pods",
+            o.what()
+        );
+    }
+    let pdb = only(&objs, "PodDisruptionBudget");
+    assert!(pdb.v["spec"]["minAvailable"].as_u64().unwrap() < 3);
+    assert_eq!(
+        only(&objs, "Service").v["spec"]["sessionAffinity"].as_str(),
+        None
+    );
+}

@@ -1,7 +1,12 @@
-//! The store through its public interface: every table's round trip, the owner and link rules, hashed
-//! session keys, locking, refusing files it must not touch, and surviving `kill -9` mid-write.
+//! The store through its public interface, against both backends (redb and a real PostgreSQL, see
+//! `harness/postgres.rs`): every table's round trip, the owner and link rules, hashed session keys; for redb
+//! also locking, refusing files it must not touch, and surviving `kill -9` mid-write; for PostgreSQL also
+//! migrations under concurrent starts, rules across several "replicas" (stores on one database), the read
+//! cache's invalidation and hard lifetime (S16), failing closed when the server is gone, and copying a store
+//! from one backend to the other.
 
 use crate::harness;
+use crate::harness::postgres::PgServer;
 use crate::harness::process::ChildProcess;
 use headgate::store::*;
 use std::path::{Path, PathBuf};
@@ -16,6 +21,97 @@ fn open(path: &Path) -> Store {
 
 fn db_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("headgate.redb")
+}
+
+/// Which backend a parameterised test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Redb,
+    Postgres,
+}
+
+/// A `[store] backend = "postgres"` configuration for `url`.
+pub fn pg_config(url: &str) -> headgate::config::PostgresConfig {
+    headgate::config::PostgresConfig {
+        url: headgate::config::Secret::new(url),
+        pool_size: 4,
+        connect_timeout: 5,
+        tls_ca_path: None,
+    }
+}
+
+/// A fresh, empty store of one kind: a redb file in a temp dir, or a new database on the shared PostgreSQL.
+pub struct Target {
+    pub kind: Kind,
+    pub dir: tempfile::TempDir,
+    pub db: Option<String>,
+}
+
+impl Target {
+    pub fn new(kind: Kind) -> Target {
+        Target {
+            kind,
+            dir: harness::tempdir(),
+            db: (kind == Kind::Postgres).then(|| PgServer::shared().database()),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        PgServer::shared().url(self.db.as_deref().expect("a PostgreSQL target"))
+    }
+
+    /// Open (another handle on) the store; for PostgreSQL that is another "replica".
+    pub async fn open(&self) -> Store {
+        match self.kind {
+            Kind::Redb => open(&db_path(&self.dir)),
+            Kind::Postgres => Store::open_postgres(&pg_config(&self.url()))
+                .await
+                .unwrap_or_else(|e| panic!("open {}: {e}", self.url())),
+        }
+    }
+
+    /// Every stored byte: the redb file, or a text dump of headgate's tables.
+    pub fn raw_bytes(&self) -> Vec<u8> {
+        match self.kind {
+            Kind::Redb => std::fs::read(db_path(&self.dir)).unwrap(),
+            Kind::Postgres => {
+                let mut out = Vec::new();
+                for table in [
+                    "headgate_meta",
+                    "headgate_users",
+                    "headgate_links",
+                    "headgate_sessions",
+                    "headgate_audit",
+                    "headgate_rate_limits",
+                    "headgate_signing_keys",
+                ] {
+                    for row in PgServer::shared().sql(
+                        self.db.as_deref().unwrap(),
+                        &format!("SELECT t::text FROM {table} t"),
+                    ) {
+                        out.extend(row.into_iter().flatten().flat_map(String::into_bytes));
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// Run a store test against both backends: `<name>::redb` and `<name>::postgres`.
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redb() {
+                super::$name(super::Kind::Redb).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(super::Kind::Postgres).await
+            }
+        }
+    };
 }
 
 fn new_user(subject: &str) -> NewUser {
@@ -104,11 +200,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 // ----- users -----
 
-#[tokio::test]
-async fn users_round_trip_with_the_subject_index() {
-    let dir = harness::tempdir();
-    let path = db_path(&dir);
-    let s = open(&path);
+both!(users_round_trip_with_the_subject_index);
+async fn users_round_trip_with_the_subject_index(kind: Kind) {
+    let t = Target::new(kind);
+    let s = t.open().await;
     let a = s
         .create_user(new_user("alice"), OwnerBootstrap::Never)
         .await
@@ -234,15 +329,15 @@ async fn users_round_trip_with_the_subject_index() {
 
     // Everything survives a reopen.
     drop(s);
-    let s = open(&path);
+    let s = t.open().await;
     assert_eq!(s.users().await.unwrap(), vec![b.clone(), a3.clone()]);
     assert_eq!(s.user_by_subject("alice").await.unwrap(), Some(a3));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_first_sign_ins_make_exactly_one_owner() {
-    let dir = harness::tempdir();
-    let s = open(&db_path(&dir));
+both!(concurrent_first_sign_ins_make_exactly_one_owner);
+async fn concurrent_first_sign_ins_make_exactly_one_owner(kind: Kind) {
+    let t = Target::new(kind);
+    let s = t.open().await;
     let tasks: Vec<_> = (0..20)
         .map(|i| {
             let s = s.clone();
@@ -273,10 +368,10 @@ async fn concurrent_first_sign_ins_make_exactly_one_owner() {
     assert!(s.is_bootstrapped().await.unwrap());
 }
 
-#[tokio::test]
-async fn only_the_configured_identity_becomes_owner() {
-    let dir = harness::tempdir();
-    let s = open(&db_path(&dir));
+both!(only_the_configured_identity_becomes_owner);
+async fn only_the_configured_identity_becomes_owner(kind: Kind) {
+    let t = Target::new(kind);
+    let s = t.open().await;
     let rule = || OwnerBootstrap::Only(OwnerIdentity::Email("Boss@Example.com".into()));
     let first = s.create_user(new_user("first"), rule()).await.unwrap();
     assert_eq!(
@@ -311,8 +406,8 @@ async fn only_the_configured_identity_becomes_owner() {
         "only one owner"
     );
 
-    let dir = harness::tempdir();
-    let s = open(&db_path(&dir));
+    let t = Target::new(kind);
+    let s = t.open().await;
     let rule = || OwnerBootstrap::Only(OwnerIdentity::Subject("sub-owner".into()));
     assert_eq!(
         s.create_user(new_user("x"), rule()).await.unwrap().role,
@@ -326,8 +421,8 @@ async fn only_the_configured_identity_becomes_owner() {
         Role::Owner
     );
 
-    let dir = harness::tempdir();
-    let s = open(&db_path(&dir));
+    let t = Target::new(kind);
+    let s = t.open().await;
     assert_eq!(
         s.create_user(new_user("x"), OwnerBootstrap::Never)
             .await
@@ -338,11 +433,10 @@ async fn only_the_configured_identity_becomes_owner() {
     assert!(!s.is_bootstrapped().await.unwrap());
 }
 
-#[tokio::test]
-async fn the_bootstrapped_marker_survives_deleting_the_owner() {
-    let dir = harness::tempdir();
-    let path = db_path(&dir);
-    let s = open(&path);
+both!(the_bootstrapped_marker_survives_deleting_the_owner);
+async fn the_bootstrapped_marker_survives_deleting_the_owner(kind: Kind) {
+    let t = Target::new(kind);
+    let s = t.open().await;
     let owner = s
         .create_user(new_user("owner"), OwnerBootstrap::FirstUser)
         .await
@@ -356,7 +450,7 @@ async fn the_bootstrapped_marker_survives_deleting_the_owner() {
         .unwrap();
     assert_eq!(next.role, Role::Member);
     drop(s);
-    let s = open(&path);
+    let s = t.open().await;
     assert!(
         s.is_bootstrapped().await.unwrap(),
         "the marker is persisted"
@@ -377,10 +471,10 @@ async fn the_bootstrapped_marker_survives_deleting_the_owner() {
     );
 }
 
-#[tokio::test]
-async fn there_is_never_a_second_owner() {
-    let dir = harness::tempdir();
-    let s = open(&db_path(&dir));
+both!(there_is_never_a_second_owner);
+async fn there_is_never_a_second_owner(kind: Kind) {
+    let t = Target::new(kind);
+    let s = t.open().await;
     let owner = s
         .create_user(new_user("owner"), OwnerBootstrap::FirstUser)
         .await
@@ -454,10 +548,10 @@ async fn there_is_never_a_second_owner() {
     assert_eq!(owners[0].id, admin.id);
 }
 
-#[tokio::test]
-async fn ownership_is_transferred_atomically() {
-    let dir = harness::tempdir();
-    let s = open(&db_path(&dir));
+both!(ownership_is_transferred_atomically);
+async fn ownership_is_transferred_atomically(kind: Kind) {
+    let t = Target::new(kind);
+    let s = t.open().await;
     let owner = s
         .create_user(new_user("owner"), OwnerBootstrap::FirstUser)
         .await
@@ -510,11 +604,10 @@ async fn ownership_is_transferred_atomically() {
 
 // ----- links -----
 
-#[tokio::test]
-async fn links_are_one_to_one_both_ways() {
-    let dir = harness::tempdir();
-    let path = db_path(&dir);
-    let s = open(&path);
+both!(links_are_one_to_one_both_ways);
+async fn links_are_one_to_one_both_ways(kind: Kind) {
+    let t = Target::new(kind);
+    let s = t.open().await;
     let a = s
         .create_user(new_user("a"), OwnerBootstrap::Never)
         .await
@@ -640,18 +733,17 @@ async fn links_are_one_to_one_both_ways() {
     );
 
     drop(s);
-    let s = open(&path);
+    let s = t.open().await;
     assert_eq!(s.links().await.unwrap().len(), 2);
     assert_eq!(s.link_of_user(b.id).await.unwrap(), Some(lb));
 }
 
 // ----- sessions -----
 
-#[tokio::test]
-async fn sessions_round_trip_under_hashed_keys() {
-    let dir = harness::tempdir();
-    let path = db_path(&dir);
-    let s = open(&path);
+both!(sessions_round_trip_under_hashed_keys);
+async fn sessions_round_trip_under_hashed_keys(kind: Kind) {
+    let t = Target::new(kind);
+    let s = t.open().await;
     let a = s
         .create_user(new_user("a"), OwnerBootstrap::Never)
         .await
@@ -705,23 +797,28 @@ async fn sessions_round_trip_under_hashed_keys() {
             .contains(&(k1, api_key_session(40_000)))
     );
 
-    // The raw id is not in the file; its hash and the record are.
+    // The raw id is not in the file (or the database); its hash and the record are.
     drop(s);
-    let bytes = std::fs::read(&path).unwrap();
+    let bytes = t.raw_bytes();
     assert!(
         contains(&bytes, b"sid-marker-7781"),
-        "records are findable in the file bytes"
+        "records are findable in the stored bytes"
     );
     assert!(
-        contains(&bytes, key.as_bytes()),
+        contains(&bytes, key.as_bytes()) || contains(&bytes, key.to_hex().as_bytes()),
         "the hashed key is the key"
     );
-    assert!(!contains(&bytes, raw), "the raw session id is in the file");
+    assert!(!contains(&bytes, raw), "the raw session id is stored");
     assert!(
         !contains(&bytes, b"RAW-SESSION-ID"),
-        "part of the raw session id is in the file"
+        "part of the raw session id is stored"
     );
-    let s = open(&path);
+    let hex_raw: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        !contains(&bytes, hex_raw.as_bytes()),
+        "the raw session id is stored (hex)"
+    );
+    let s = t.open().await;
     assert_eq!(
         s.session(&key).await.unwrap(),
         Some(rec.clone()),
@@ -798,11 +895,10 @@ async fn sessions_round_trip_under_hashed_keys() {
 
 // ----- audit -----
 
-#[tokio::test]
-async fn audit_is_newest_first_and_pages() {
-    let dir = harness::tempdir();
-    let path = db_path(&dir);
-    let s = open(&path);
+both!(audit_is_newest_first_and_pages);
+async fn audit_is_newest_first_and_pages(kind: Kind) {
+    let t = Target::new(kind);
+    let s = t.open().await;
     assert_eq!(s.audit(10, None).await.unwrap(), vec![]);
     s.append_audit((1..=3).map(|i| event(i, &format!("a{i}"))).collect())
         .await
@@ -843,7 +939,7 @@ async fn audit_is_newest_first_and_pages() {
     assert_eq!(s.audit(0, None).await.unwrap(), vec![]);
 
     drop(s);
-    let s = open(&path);
+    let s = t.open().await;
     s.append_audit(vec![event(8, "a8")]).await.unwrap();
     let top = s.audit(1, None).await.unwrap();
     assert_eq!(top[0].action, "a8");
@@ -1089,10 +1185,10 @@ async fn kill9_child_writer() {
     }
 }
 
-#[tokio::test]
-async fn rate_limit_counters_count_within_the_window_and_are_pruned() {
-    let dir = harness::tempdir();
-    let store = open(&dir.path().join("s.redb"));
+both!(rate_limit_counters_count_within_the_window_and_are_pruned);
+async fn rate_limit_counters_count_within_the_window_and_are_pruned(kind: Kind) {
+    let t = Target::new(kind);
+    let store = t.open().await;
     for t in [100, 200, 300] {
         store
             .record_failure("api_key_login:10.0.0.1", t, 600)
@@ -1145,4 +1241,616 @@ async fn rate_limit_counters_count_within_the_window_and_are_pruned() {
             .unwrap(),
         0
     );
+}
+
+// ----- signing keys (S15), on both backends -----
+
+both!(signing_key_transitions_are_consistent);
+async fn signing_key_transitions_are_consistent(kind: Kind) {
+    let t = Target::new(kind);
+    let store = t.open().await;
+    let key = |kid: &str| SigningKey {
+        kid: kid.into(),
+        created: 100,
+        state: SigningKeyState::Next,
+        public_jwk: "{}".into(),
+        private_enc: vec![1, 2, 3],
+        published: None,
+        activated: None,
+        retired: None,
+        revoked: None,
+    };
+    store.put_signing_key(key("a")).await.unwrap();
+    assert!(matches!(
+        store.put_signing_key(key("a")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let a = store
+        .set_signing_key_state("a", SigningKeyState::Current, 110)
+        .await
+        .unwrap();
+    assert_eq!((a.activated, a.published), (Some(110), Some(110)));
+    store.put_signing_key(key("b")).await.unwrap();
+    let b = store.mark_signing_key_published("b", 120).await.unwrap();
+    assert_eq!(b.published, Some(120));
+    assert_eq!(
+        store
+            .mark_signing_key_published("b", 130)
+            .await
+            .unwrap()
+            .published,
+        Some(120)
+    );
+    store
+        .set_signing_key_state("b", SigningKeyState::Current, 140)
+        .await
+        .unwrap();
+    let all = store.signing_keys().await.unwrap();
+    assert_eq!(
+        all.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(
+        (all[0].state, all[0].retired),
+        (SigningKeyState::Retired, Some(140))
+    );
+    assert_eq!(all[1].state, SigningKeyState::Current);
+    for (kid, to) in [
+        ("a", SigningKeyState::Current),
+        ("a", SigningKeyState::Next),
+        ("b", SigningKeyState::Next),
+    ] {
+        assert!(
+            matches!(
+                store.set_signing_key_state(kid, to, 150).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{kid} → {to}"
+        );
+    }
+    assert_eq!(store.signing_keys().await.unwrap(), all);
+    let r = store
+        .set_signing_key_state("a", SigningKeyState::Revoked, 160)
+        .await
+        .unwrap();
+    assert!(r.private_enc.is_empty() && r.revoked == Some(160));
+    assert!(matches!(
+        store.reseal_signing_key("a", vec![9]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    store.reseal_signing_key("b", vec![9, 9]).await.unwrap();
+    assert!(matches!(
+        store
+            .set_signing_key_state("zz", SigningKeyState::Retired, 170)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.delete_signing_key("a").await.unwrap());
+    assert!(!store.delete_signing_key("a").await.unwrap());
+    let left = store.signing_keys().await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].private_enc, vec![9, 9]);
+    drop(store);
+    let store = t.open().await;
+    assert_eq!(store.signing_keys().await.unwrap(), left);
+}
+
+// ----- PostgreSQL: several replicas on one database -----
+
+/// `n` stores ("replicas") on one new PostgreSQL database.
+async fn replicas(n: usize) -> (Target, Vec<Store>) {
+    let t = Target::new(Kind::Postgres);
+    let mut stores = Vec::new();
+    for _ in 0..n {
+        stores.push(t.open().await);
+    }
+    (t, stores)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_migrations_run_once_when_replicas_start_at_once() {
+    let t = Target::new(Kind::Postgres);
+    let url = t.url();
+    let opens: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { Store::open_postgres(&pg_config(&url)).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for o in opens {
+        stores.push(o.await.unwrap().unwrap());
+    }
+    for s in &stores {
+        assert_eq!(s.schema_version().await.unwrap(), SCHEMA_VERSION);
+        assert!(s.is_shared());
+        assert!(
+            s.location().starts_with("PostgreSQL database hg_"),
+            "{}",
+            s.location()
+        );
+    }
+    let applied = PgServer::shared().sql(
+        t.db.as_deref().unwrap(),
+        "SELECT count(*), max(version) FROM headgate_schema",
+    );
+    assert_eq!(
+        applied[0],
+        [
+            Some(SCHEMA_VERSION.to_string()),
+            Some(SCHEMA_VERSION.to_string())
+        ],
+        "each migration applied once"
+    );
+    // A database a newer headgate set up is refused, and left alone.
+    drop(stores);
+    PgServer::shared().sql(
+        t.db.as_deref().unwrap(),
+        &format!(
+            "INSERT INTO headgate_schema (version) VALUES ({})",
+            SCHEMA_VERSION + 1
+        ),
+    );
+    let e = Store::open_postgres(&pg_config(&url)).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::NewerSchema { found, .. } if found == SCHEMA_VERSION + 1),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("newer headgate"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_rules_hold_across_replicas() {
+    let (_t, stores) = replicas(3).await;
+    // 12 concurrent first sign-ins spread over three replicas: exactly one owner.
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let s = stores[i % 3].clone();
+            tokio::spawn(async move {
+                s.create_user(new_user(&format!("u{i}")), OwnerBootstrap::FirstUser)
+                    .await
+            })
+        })
+        .collect();
+    let mut users = Vec::new();
+    for t in tasks {
+        users.push(t.await.unwrap().unwrap());
+    }
+    assert_eq!(users.iter().filter(|u| u.role == Role::Owner).count(), 1);
+    let all = stores[1].users().await.unwrap();
+    assert_eq!(all.len(), 12);
+    assert_eq!(all.iter().filter(|u| u.role == Role::Owner).count(), 1);
+
+    // One Headscale user claimed by several people at once on different replicas: one link.
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let s = stores[i % 3].clone();
+            let uid = users[i].id;
+            tokio::spawn(async move {
+                s.link_if_unclaimed(link("hs-x", uid, LinkState::Approved))
+                    .await
+            })
+        })
+        .collect();
+    let mut linked = 0;
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            LinkOutcome::Linked => linked += 1,
+            LinkOutcome::AlreadyLinkedToOther(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(linked, 1);
+    assert_eq!(stores[2].links().await.unwrap().len(), 1);
+
+    // No second owner, whichever replica asks.
+    let not_owner = all.iter().find(|u| u.role != Role::Owner).unwrap();
+    let e = stores[2]
+        .update_user(&User {
+            role: Role::Owner,
+            ..not_owner.clone()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+
+    // Failures counted from every replica at once: each count is one more than the last.
+    let tasks: Vec<_> = (0..15)
+        .map(|i| {
+            let s = stores[i % 3].clone();
+            tokio::spawn(
+                async move { s.record_failure("api_key_login:10.9.9.9", 1_000, 600).await },
+            )
+        })
+        .collect();
+    let mut counts = Vec::new();
+    for t in tasks {
+        counts.push(t.await.unwrap().unwrap());
+    }
+    counts.sort();
+    assert_eq!(counts, (1..=15).collect::<Vec<u32>>());
+
+    // Two replicas making different keys current at once: one current key.
+    for kid in ["k1", "k2", "k3"] {
+        stores[0]
+            .put_signing_key(SigningKey {
+                kid: kid.into(),
+                created: 1,
+                state: SigningKeyState::Next,
+                public_jwk: "{}".into(),
+                private_enc: vec![1],
+                published: None,
+                activated: None,
+                retired: None,
+                revoked: None,
+            })
+            .await
+            .unwrap();
+    }
+    let tasks: Vec<_> = ["k1", "k2", "k3"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, kid)| {
+            let s = stores[i].clone();
+            tokio::spawn(async move {
+                s.set_signing_key_state(kid, SigningKeyState::Current, 10)
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await.unwrap();
+    }
+    let keys = stores[1].signing_keys().await.unwrap();
+    assert_eq!(
+        keys.iter()
+            .filter(|k| k.state == SigningKeyState::Current)
+            .count(),
+        1,
+        "{keys:?}"
+    );
+}
+
+/// Poll `f` until it is true; returns how long it took, or panics after `within`.
+async fn until(within: Duration, mut f: impl AsyncFnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    loop {
+        if f().await {
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < within, "not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cache_changes_reach_other_replicas_and_entries_have_a_hard_lifetime() {
+    let (t, stores) = replicas(2).await;
+    let (a, b) = (&stores[0], &stores[1]);
+    let db = t.db.clone().unwrap();
+    assert_eq!(
+        a.cache_state_for_test(),
+        Some((true, 0)),
+        "listening at open"
+    );
+    let user = a
+        .create_user(new_user("alice"), OwnerBootstrap::Never)
+        .await
+        .unwrap();
+    let key = SessionKey::from_raw_id(b"cache-session");
+    b.create_session(key, user_session(user.id, i64::MAX))
+        .await
+        .unwrap();
+
+    // Cached on a; revoked on b: a sees it by the notification, well before the hard lifetime.
+    assert!(a.session(&key).await.unwrap().is_some());
+    assert!(a.cache_state_for_test().unwrap().1 >= 1, "it is cached");
+    assert!(b.delete_session(&key).await.unwrap());
+    let took = until(CACHE_LIFETIME * 2, async || {
+        a.session(&key).await.unwrap().is_none()
+    })
+    .await;
+    assert!(took < Duration::from_millis(800), "took {took:?}");
+
+    // A role change, likewise.
+    assert_eq!(a.user(user.id).await.unwrap().unwrap().role, Role::Member);
+    b.update_user(&User {
+        role: Role::Auditor,
+        ..user.clone()
+    })
+    .await
+    .unwrap();
+    let took = until(CACHE_LIFETIME * 2, async || {
+        a.user(user.id).await.unwrap().unwrap().role == Role::Auditor
+    })
+    .await;
+    assert!(took < Duration::from_millis(800), "took {took:?}");
+
+    // A change nobody announced (written behind headgate's back, as if the notification were lost) is
+    // still seen once the entry's hard lifetime is over.
+    assert_eq!(a.user(user.id).await.unwrap().unwrap().role, Role::Auditor);
+    PgServer::shared().sql(
+        &db,
+        &format!(
+            "UPDATE headgate_users SET record = jsonb_set(record, '{{role}}', '\"viewer\"') WHERE id = {}",
+            user.id
+        ),
+    );
+    assert_eq!(
+        a.user(user.id).await.unwrap().unwrap().role,
+        Role::Auditor,
+        "served from the cache"
+    );
+    let took = until(CACHE_LIFETIME * 3, async || {
+        a.user(user.id).await.unwrap().unwrap().role == Role::Viewer
+    })
+    .await;
+    assert!(
+        took <= CACHE_LIFETIME + Duration::from_millis(300),
+        "took {took:?}"
+    );
+
+    // The notification connection is killed: the cache is flushed (and off until it listens again), and a
+    // revocation made meanwhile is refused at once.
+    b.create_session(key, user_session(user.id, i64::MAX))
+        .await
+        .unwrap();
+    assert!(a.session(&key).await.unwrap().is_some());
+    assert!(PgServer::shared().terminate(&db, "headgate-listen") >= 2);
+    assert!(b.delete_session(&key).await.unwrap());
+    let took = until(CACHE_LIFETIME + Duration::from_millis(500), async || {
+        a.session(&key).await.unwrap().is_none()
+    })
+    .await;
+    assert!(took <= CACHE_LIFETIME, "took {took:?}");
+    // It listens again by itself.
+    until(Duration::from_secs(10), async || {
+        a.cache_state_for_test().unwrap().0
+    })
+    .await;
+    b.create_session(key, user_session(user.id, i64::MAX))
+        .await
+        .unwrap();
+    assert!(a.session(&key).await.unwrap().is_some());
+    b.delete_sessions_of_user(user.id).await.unwrap();
+    let took = until(CACHE_LIFETIME * 2, async || {
+        a.session(&key).await.unwrap().is_none()
+    })
+    .await;
+    assert!(took < Duration::from_millis(800), "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_fails_closed_while_the_server_is_down_and_recovers() {
+    let server = PgServer::start();
+    let db = server.database();
+    let url = format!(
+        "postgresql://postgres:NotThePassword@127.0.0.1:{}/{db}",
+        server.port
+    );
+    let cfg = headgate::config::PostgresConfig {
+        connect_timeout: 2,
+        ..pg_config(&url)
+    };
+    let s = Store::open_postgres(&cfg).await.unwrap();
+    let user = s
+        .create_user(new_user("alice"), OwnerBootstrap::FirstUser)
+        .await
+        .unwrap();
+    let key = SessionKey::from_raw_id(b"s");
+    s.create_session(key, user_session(user.id, i64::MAX))
+        .await
+        .unwrap();
+    assert!(s.session(&key).await.unwrap().is_some());
+
+    server.stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        let e = s.session(&key).await.unwrap_err();
+        assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains("store.url"), "{msg}");
+        assert!(!msg.contains("NotThePassword"), "{msg}");
+        assert!(s.user(user.id).await.is_err());
+    }
+    assert_eq!(
+        s.cache_state_for_test(),
+        Some((false, 0)),
+        "flushed and off"
+    );
+
+    server.start_again();
+    let took = until(Duration::from_secs(20), async || {
+        s.session(&key).await.is_ok()
+    })
+    .await;
+    eprintln!("recovered {took:?} after PostgreSQL came back");
+    assert!(s.session(&key).await.unwrap().is_some());
+    assert_eq!(s.user(user.id).await.unwrap().unwrap().role, Role::Owner);
+    until(Duration::from_secs(10), async || {
+        s.cache_state_for_test().unwrap().0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_unreachable_is_reported_naming_store_url_without_the_password() {
+    let port = harness::free_port();
+    let cfg = headgate::config::PostgresConfig {
+        connect_timeout: 2,
+        ..pg_config(&format!(
+            "postgresql://headgate:Sup3rSecretPw@127.0.0.1:{port}/headgate"
+        ))
+    };
+    let t = Instant::now();
+    let e = Store::open_postgres(&cfg).await.unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let msg = e.to_string();
+    assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+    assert!(
+        msg.contains("store.url") && msg.contains(&format!("127.0.0.1:{port}")),
+        "{msg}"
+    );
+    assert!(!msg.contains("Sup3rSecretPw"), "{msg}");
+}
+
+#[tokio::test]
+async fn postgres_over_a_unix_socket() {
+    let server = PgServer::shared();
+    let db = server.database();
+    let s = Store::open_postgres(&pg_config(&server.socket_url(&db)))
+        .await
+        .unwrap();
+    s.create_user(new_user("a"), OwnerBootstrap::Never)
+        .await
+        .unwrap();
+    assert_eq!(s.users().await.unwrap().len(), 1);
+    assert!(s.location().contains(".s.PGSQL."), "{}", s.location());
+}
+
+// ----- copying a store into the other backend -----
+
+/// A store with one of everything: owner and members, links (approved, pending), user and API-key sessions,
+/// signing keys in every state, audit events, rate-limit rows.
+pub async fn populate(s: &Store) {
+    let owner = s
+        .create_user(new_user("owner"), OwnerBootstrap::FirstUser)
+        .await
+        .unwrap();
+    let mut ids = vec![owner.id];
+    for i in 0..4 {
+        let u = s
+            .create_user(
+                NewUser {
+                    role: [Role::Admin, Role::Viewer, Role::Auditor, Role::Member][i],
+                    ..new_user(&format!("user-{i}"))
+                },
+                OwnerBootstrap::FirstUser,
+            )
+            .await
+            .unwrap();
+        ids.push(u.id);
+    }
+    // A deleted user: its id is never handed out again, in either backend.
+    s.delete_user(ids.pop().unwrap()).await.unwrap();
+    s.link_if_unclaimed(link("hs-1", ids[0], LinkState::Approved))
+        .await
+        .unwrap();
+    s.link_if_unclaimed(link("hs-2", ids[1], LinkState::Pending))
+        .await
+        .unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        s.create_session(
+            SessionKey::from_raw_id(format!("session-{i}").as_bytes()),
+            user_session(*id, 50_000 + i as i64),
+        )
+        .await
+        .unwrap();
+    }
+    s.create_session(SessionKey::from_raw_id(b"api"), api_key_session(60_000))
+        .await
+        .unwrap();
+    for (kid, state) in [
+        ("k-old", SigningKeyState::Current),
+        ("k-cur", SigningKeyState::Current),
+        ("k-next", SigningKeyState::Next),
+        ("k-bad", SigningKeyState::Revoked),
+    ] {
+        s.put_signing_key(SigningKey {
+            kid: kid.into(),
+            created: 7,
+            state: SigningKeyState::Next,
+            public_jwk: format!("{{\"kid\":\"{kid}\"}}"),
+            private_enc: kid.as_bytes().to_vec(),
+            published: None,
+            activated: None,
+            retired: None,
+            revoked: None,
+        })
+        .await
+        .unwrap();
+        if state != SigningKeyState::Next {
+            s.set_signing_key_state(kid, state, 9).await.unwrap();
+        }
+    }
+    s.append_audit((0..5).map(|i| event(i, &format!("act-{i}"))).collect())
+        .await
+        .unwrap();
+    s.record_failure("api_key_login:10.1.1.1", 100, 600)
+        .await
+        .unwrap();
+    s.record_failure("api_key_login:10.1.1.1", 150, 600)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_copies_into_the_other_backend_with_everything_preserved() {
+    let redb = Target::new(Kind::Redb);
+    let src = redb.open().await;
+    populate(&src).await;
+    let snap = src.export().await.unwrap();
+    assert_eq!(snap.users.len(), 4);
+    assert_eq!(snap.next_user_id, 6, "the deleted user's id stays used");
+    assert!(snap.bootstrapped);
+    assert_eq!(
+        (
+            snap.links.len(),
+            snap.sessions.len(),
+            snap.signing_keys.len()
+        ),
+        (2, 5, 4)
+    );
+    assert_eq!((snap.audit.len(), snap.rate_limits.len()), (5, 1));
+
+    // redb → PostgreSQL: the same snapshot comes back out.
+    let pg = Target::new(Kind::Postgres);
+    let dst = pg.open().await;
+    assert_eq!(dst.import(snap.clone()).await.unwrap(), snap.rows());
+    let back = dst.export().await.unwrap();
+    assert_eq!(back, snap);
+    // …and it works as a store: the rules and counters carry over.
+    let next = dst
+        .create_user(new_user("newcomer"), OwnerBootstrap::FirstUser)
+        .await
+        .unwrap();
+    assert_eq!(
+        (next.id, next.role),
+        (UserId(6), Role::Member),
+        "ids continue; bootstrapped"
+    );
+    assert_eq!(
+        dst.user_by_subject("owner")
+            .await
+            .unwrap()
+            .unwrap()
+            .headscale_user_id
+            .as_deref(),
+        Some("hs-1")
+    );
+    dst.append_audit(vec![event(9, "after")]).await.unwrap();
+    assert_eq!(dst.audit(1, None).await.unwrap()[0].id, 6);
+    assert_eq!(
+        dst.failures("api_key_login:10.1.1.1", 200, 600)
+            .await
+            .unwrap(),
+        2
+    );
+    // A target that holds anything is refused, and left as it was.
+    let e = dst.import(snap.clone()).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    let e = src.import(snap.clone()).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    assert_eq!(dst.users().await.unwrap().len(), 5);
+
+    // PostgreSQL → a redb file (the PostgreSQL store's backup): the same again.
+    let file = redb.dir.path().join("from-pg.redb");
+    let pg_snap = dst.export().await.unwrap();
+    assert_eq!(dst.backup_to(&file).await.unwrap(), pg_snap.rows());
+    assert!(
+        dst.backup_to(&file).await.is_err(),
+        "an existing file is refused"
+    );
+    let copy = Store::open_redb(&file, CACHE).unwrap();
+    assert_eq!(copy.export().await.unwrap(), pg_snap);
 }

@@ -17,6 +17,7 @@ pub mod headplane;
 pub mod idp;
 pub mod inproc;
 pub mod leaks;
+pub mod postgres;
 pub mod process;
 pub mod rogue;
 pub mod stack;
