@@ -122,8 +122,10 @@ impl Snapshot {
 
 /// The store: cheap to clone (an `Arc` inside); every clone is the same store.
 ///
-/// Its methods must run inside a tokio runtime: writes (and table scans) run on tokio's blocking pool, so a
-/// slow fsync never stalls an async worker; point reads run inline (see `redb.rs`). Every write is one
+/// Its methods must run inside a tokio runtime: on redb, writes (and table scans) run on tokio's blocking
+/// pool, so a slow fsync never stalls an async worker; point reads run inline (see `redb.rs`). On
+/// PostgreSQL every call is async I/O on a small connection pool, and per-request reads may be answered by
+/// a cache whose entries live at most [`CACHE_LIFETIME`] (see `postgres.rs`). Every write is one
 /// transaction, durable when the call returns; a write whose caller stops waiting still completes or
 /// aborts as a whole.
 #[derive(Clone)]
@@ -253,8 +255,10 @@ impl Store {
         Ok(())
     }
 
-    /// Signalled (one stored permit) after this process deleted sessions or changed users: whoever tracks
-    /// open streams re-checks them at once. Other processes' changes are seen by the periodic re-check.
+    /// Signalled (one stored permit) after this process deleted sessions or changed users, and on PostgreSQL
+    /// also when another replica's change is announced: whoever tracks open streams re-checks them at once.
+    /// Other changes (another process on a redb file cannot happen; a lost notification) are seen by the
+    /// periodic re-check.
     pub fn changes(&self) -> Arc<tokio::sync::Notify> {
         self.changed.clone()
     }
