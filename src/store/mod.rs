@@ -9,8 +9,13 @@
 //!
 //! Adding a backend: add a variant to `Backend` and an arm to each `Store` method (the `dispatch!` macro).
 //! Adding a table (signing keys, rate-limit counters, replay caches): a record type in `records.rs`, a table
-//! and its operations in `redb.rs` (see the note at its table list), a `Store` method here, and a schema
-//! version bump with a migration step that creates it.
+//! and its operations in `redb.rs` (see the note at its table list) and in `postgres.rs` (a new entry in its
+//! `MIGRATIONS`, one per schema version: a compile-time check keeps them in step with `SCHEMA_VERSION`), a
+//! `Store` method here, the table in `Snapshot` (export/import, so `store migrate` and backups carry it),
+//! and a schema version bump with a migration step that creates it. A rule that must hold across replicas
+//! is decided inside the database (a unique constraint, a row lock, `INSERT … ON CONFLICT`), never by reading
+//! and then writing from the process; a write that ends a session or changes a user announces it with
+//! `notify` in its transaction (the read cache, S16).
 
 mod postgres;
 mod records;

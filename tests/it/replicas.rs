@@ -479,6 +479,14 @@ async fn store_migrate_copies_redb_into_postgres_and_refuses_a_non_empty_target(
         (&want.users, &want.links, &want.sessions, &want.signing_keys)
     );
 
+    // `headgate restore` puts a redb file in place: on PostgreSQL it says to migrate instead.
+    let (code, _, err) = cfg.run(&["restore", copy.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("headgate store migrate --from redb --to postgres"),
+        "{err}"
+    );
+
     // Same backend twice, or no store.url: refused with a reason.
     let (code, _, err) = cfg.run(&["store", "migrate", "--from", "redb", "--to", "redb"]);
     assert_eq!(code, 1);
