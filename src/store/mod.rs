@@ -9,8 +9,13 @@
 //!
 //! Adding a backend: add a variant to `Backend` and an arm to each `Store` method (the `dispatch!` macro).
 //! Adding a table (signing keys, rate-limit counters, replay caches): a record type in `records.rs`, a table
-//! and its operations in `redb.rs` (see the note at its table list), a `Store` method here, and a schema
-//! version bump with a migration step that creates it.
+//! and its operations in `redb.rs` (see the note at its table list) and in `postgres.rs` (a new entry in its
+//! `MIGRATIONS`, one per schema version: a compile-time check keeps them in step with `SCHEMA_VERSION`), a
+//! `Store` method here, the table in `Snapshot` (export/import, so `store migrate` and backups carry it),
+//! and a schema version bump with a migration step that creates it. A rule that must hold across replicas
+//! is decided inside the database (a unique constraint, a row lock, `INSERT … ON CONFLICT`), never by reading
+//! and then writing from the process; a write that ends a session or changes a user announces it with
+//! `notify` in its transaction (the read cache, S16).
 
 mod postgres;
 mod records;
@@ -122,8 +127,10 @@ impl Snapshot {
 
 /// The store: cheap to clone (an `Arc` inside); every clone is the same store.
 ///
-/// Its methods must run inside a tokio runtime: writes (and table scans) run on tokio's blocking pool, so a
-/// slow fsync never stalls an async worker; point reads run inline (see `redb.rs`). Every write is one
+/// Its methods must run inside a tokio runtime: on redb, writes (and table scans) run on tokio's blocking
+/// pool, so a slow fsync never stalls an async worker; point reads run inline (see `redb.rs`). On
+/// PostgreSQL every call is async I/O on a small connection pool, and per-request reads may be answered by
+/// a cache whose entries live at most [`CACHE_LIFETIME`] (see `postgres.rs`). Every write is one
 /// transaction, durable when the call returns; a write whose caller stops waiting still completes or
 /// aborts as a whole.
 #[derive(Clone)]
@@ -264,8 +271,10 @@ impl Store {
         Ok(())
     }
 
-    /// Signalled (one stored permit) after this process deleted sessions or changed users: whoever tracks
-    /// open streams re-checks them at once. Other processes' changes are seen by the periodic re-check.
+    /// Signalled (one stored permit) after this process deleted sessions or changed users, and on PostgreSQL
+    /// also when another replica's change is announced: whoever tracks open streams re-checks them at once.
+    /// Other changes (another process on a redb file cannot happen; a lost notification) are seen by the
+    /// periodic re-check.
     pub fn changes(&self) -> Arc<tokio::sync::Notify> {
         self.changed.clone()
     }

@@ -736,12 +736,20 @@ impl PgStore {
             }
             return StoreError::Database { location, detail };
         }
-        let detail = e.to_string();
-        if detail.starts_with("error serializing") || detail.starts_with("error deserializing") {
-            StoreError::Database { location, detail }
-        } else {
-            StoreError::Unavailable { location, detail }
+        let mut detail = e.to_string();
+        if let Some(source) = std::error::Error::source(&e) {
+            detail = format!("{detail}: {source}");
         }
+        if detail.starts_with("error serializing") || detail.starts_with("error deserializing") {
+            return StoreError::Database { location, detail };
+        }
+        if detail.contains("TLS") || detail.contains("certificate") {
+            detail.push_str(
+                " (headgate verifies the server's certificate and name: trust its CA with store.tls_ca_path, or use \
+                 sslmode=disable where the network is trusted)",
+            );
+        }
+        StoreError::Unavailable { location, detail }
     }
 
     fn fail(&self, f: Fail) -> StoreError {

@@ -321,6 +321,15 @@ async fn three_replicas_on_one_postgresql_behind_round_robin_nginx() {
         .claims;
     assert_eq!(claims["role"], "owner");
 
+    // `headgate keys rotate` works from any replica while they run; every replica's list shows the new key.
+    let out = cli(&c.replicas[2], &["keys", "rotate"]);
+    assert!(out.contains("created signing key"), "{out}");
+    let listed = cli(&c.replicas[0], &["keys", "list"]);
+    assert!(
+        listed.contains("next") && listed.contains("current"),
+        "{listed}"
+    );
+
     // Killing a replica mid-run loses nothing; the others keep serving.
     c.replicas[1].process.kill();
     for _ in 0..6 {
@@ -434,6 +443,18 @@ async fn store_migrate_copies_redb_into_postgres_and_refuses_a_non_empty_target(
         4
     );
 
+    // `headgate backup` of a PostgreSQL store: a consistent redb copy.
+    let copy = cfg.dir.path().join("backup.redb");
+    let (code, out, err) = cfg.run(&["backup", copy.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let copied = Store::open_redb(&copy, 1 << 20)
+        .unwrap()
+        .export()
+        .await
+        .unwrap();
+    assert_eq!(copied.users, want.users);
+    assert_eq!(copied.sessions, want.sessions);
+
     // And back into a new redb file.
     let file = cfg.dir.path().join("back.redb");
     let (code, out, err) = cfg.run(&[
@@ -456,6 +477,14 @@ async fn store_migrate_copies_redb_into_postgres_and_refuses_a_non_empty_target(
     assert_eq!(
         (&back.users, &back.links, &back.sessions, &back.signing_keys),
         (&want.users, &want.links, &want.sessions, &want.signing_keys)
+    );
+
+    // `headgate restore` puts a redb file in place: on PostgreSQL it says to migrate instead.
+    let (code, _, err) = cfg.run(&["restore", copy.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("headgate store migrate --from redb --to postgres"),
+        "{err}"
     );
 
     // Same backend twice, or no store.url: refused with a reason.
@@ -505,4 +534,66 @@ fn check_config_probes_postgresql_without_changing_it() {
         !out.contains("Pw0rdSecret") && !err.contains("Pw0rdSecret"),
         "{out}{err}"
     );
+}
+
+// ----- forward-auth verdicts per second, redb vs PostgreSQL (one replica) -----
+
+/// Not a test: `cargo test --release --test it verdict_throughput -- --ignored --nocapture` prints the
+/// verdicts per second one headgate answers with each store (8 concurrent clients, 3 s each).
+#[ignore = "a measurement; run by hand"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verdict_throughput_redb_vs_postgres() {
+    for kind in [Kind::Redb, Kind::Postgres] {
+        let site = Site::new();
+        let idp = TestIdp::builder().redirect_uri(&site.callback()).start();
+        let hs = FakeHeadscale::start();
+        let mut cfg = site
+            .config(Some(&hs))
+            .section(oidc_section(idp.issuer(), "use_pkce = true"))
+            .server("log_level", "\"warn,headgate::cli=info\"");
+        let _target;
+        if kind == Kind::Postgres {
+            let t = Target::new(Kind::Postgres);
+            cfg = cfg.section(store_section(&t.url()));
+            _target = Some(t);
+        }
+        let _hg = cfg.start();
+        let b = Browser::new();
+        sign_in(&b, &site, "alice").await;
+        let headers = verdict_headers(&site);
+        let cookie = b
+            .cookies()
+            .into_iter()
+            .find(|c| c.name.contains("headgate_session"))
+            .unwrap();
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                let (client, headers, url) = (
+                    client.clone(),
+                    headers.clone(),
+                    site.url("/_headgate/auth/forward"),
+                );
+                let cookie = format!("{}={}", cookie.name, cookie.value);
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        let mut r = client.get(&url).header("cookie", &cookie);
+                        for (k, v) in &headers {
+                            r = r.header(*k, v);
+                        }
+                        assert_eq!(r.send().await.unwrap().status(), 200);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for w in workers {
+            total += w.await.unwrap();
+        }
+        println!("{kind:?}: {} verdicts/s", total / 3);
+    }
 }

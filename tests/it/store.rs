@@ -1854,3 +1854,52 @@ async fn a_store_copies_into_the_other_backend_with_everything_preserved() {
     let copy = Store::open_redb(&file, CACHE).unwrap();
     assert_eq!(copy.export().await.unwrap(), pg_snap);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_verifies_the_server_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let srv_key = KeyPair::generate().unwrap();
+    let srv = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&srv_key, &issuer)
+        .unwrap();
+    let server = PgServer::start_tls(&srv.pem(), &srv_key.serialize_pem());
+    let db = server.database();
+    let dir = harness::tempdir();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+
+    // An unknown CA: refused, and the message says what to do.
+    let url = format!("{}?sslmode=require", server.url(&db));
+    let e = Store::open_postgres(&pg_config(&url)).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+    assert!(msg.contains("store.tls_ca_path"), "{msg}");
+
+    // Its CA trusted: TLS, for the pool and the listener alike (sslmode=require and the default, prefer).
+    for url in [url.clone(), server.url(&db)] {
+        let s = Store::open_postgres(&headgate::config::PostgresConfig {
+            tls_ca_path: Some(ca_path.clone()),
+            ..pg_config(&url)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+        s.create_user(new_user(&format!("u-{}", url.len())), OwnerBootstrap::Never)
+            .await
+            .unwrap();
+        let rows = server.sql(
+            "postgres",
+            &format!(
+                "SELECT count(*), bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                 WHERE a.datname = '{db}' AND a.application_name IN ('headgate', 'headgate-listen')"
+            ),
+        );
+        assert_eq!(rows[0][1].as_deref(), Some("t"), "{rows:?}");
+        assert_ne!(rows[0][0].as_deref(), Some("0"));
+    }
+}

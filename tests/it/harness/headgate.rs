@@ -37,7 +37,7 @@ impl HeadgateConfig {
                 format!("data_path = \"{}\"", data.display()),
                 "shutdown_timeout = 5".into(),
             ],
-            sections: Vec::new(),
+            sections: super::test_store_section().into_iter().collect(),
             env: Vec::new(),
             dir,
         }

@@ -37,22 +37,34 @@ impl InProcess {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let text = format!(
-            "[server]\nlisten = \"{addr}\"\nbase_url = \"http://{addr}\"\ncookie_secret = \"{TEST_SECRET}\"\ncookie_secure = false\ndata_path = \"{}\"\n{server_extra}\n\n{sections}\n",
-            dir.path().join("data").display()
+            "[server]\nlisten = \"{addr}\"\nbase_url = \"http://{addr}\"\ncookie_secret = \"{TEST_SECRET}\"\ncookie_secure = false\ndata_path = \"{}\"\n{server_extra}\n\n{sections}\n{}\n",
+            dir.path().join("data").display(),
+            super::test_store_section().unwrap_or_default()
         );
         let config =
             Config::parse("in-process", &text, &HashMap::new()).unwrap_or_else(|e| panic!("{e}"));
         std::fs::create_dir_all(dir.path().join("data")).unwrap();
-        let store = Store::open_redb(&config.store_path(), 4 << 20).unwrap();
         let clock = Arc::new(ManualClock::default());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (store2, clock2) = (store.clone(), clock.clone());
+        let clock2 = clock.clone();
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Store>();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .unwrap();
+            // Opened on the server's runtime (a PostgreSQL store's connections and listener live there).
+            let store2 = rt.block_on(async {
+                match &config.store {
+                    headgate::config::StoreConfig::Redb => {
+                        Store::open_redb(&config.store_path(), 4 << 20)
+                    }
+                    headgate::config::StoreConfig::Postgres(pg) => Store::open_postgres(pg).await,
+                }
+                .unwrap_or_else(|e| panic!("open the store: {e}"))
+            });
+            opened_tx.send(store2.clone()).unwrap();
             rt.block_on(async move {
                 let (app, bg) = App::new(
                     Arc::new(config),
@@ -75,6 +87,9 @@ impl InProcess {
                     .await;
             });
         });
+        let store = opened_rx
+            .recv()
+            .expect("the server thread opened the store");
         InProcess {
             addr,
             clock,

@@ -24,6 +24,25 @@ pub mod stack;
 
 use std::path::PathBuf;
 
+/// The environment switch that runs the integration tests on PostgreSQL: `HEADGATE_TEST_STORE=postgres` gives
+/// every headgate a `[store]` section naming a new database on the shared test server (default: redb).
+pub const STORE_SWITCH: &str = "HEADGATE_TEST_STORE";
+
+/// The `[store]` section for this test's headgate under the switch, if it asks for PostgreSQL.
+pub fn test_store_section() -> Option<String> {
+    match std::env::var(STORE_SWITCH).as_deref() {
+        Ok("postgres") => {
+            let server = postgres::PgServer::shared();
+            Some(format!(
+                "[store]\nbackend = \"postgres\"\nurl = \"{}\"\npool_size = 4",
+                server.url(&server.database())
+            ))
+        }
+        Ok("redb") | Ok("") | Err(_) => None,
+        Ok(other) => panic!("{STORE_SWITCH}={other:?}: use redb or postgres"),
+    }
+}
+
 /// The package root (where `Cargo.toml` is).
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -113,15 +113,20 @@ impl PgServer {
     /// The server every test in this binary shares (started at first use).
     pub fn shared() -> &'static PgServer {
         static SHARED: OnceLock<PgServer> = OnceLock::new();
-        SHARED.get_or_init(|| PgServer::start_inner(false))
+        SHARED.get_or_init(|| PgServer::start_inner(false, None))
     }
 
     /// A server of this test's own (stopped and removed when dropped).
     pub fn start() -> PgServer {
-        PgServer::start_inner(true)
+        PgServer::start_inner(true, None)
     }
 
-    fn start_inner(remove_on_drop: bool) -> PgServer {
+    /// A server of this test's own that offers TLS with this certificate chain and key (PEM).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> PgServer {
+        PgServer::start_inner(true, Some((cert_pem.to_string(), key_pem.to_string())))
+    }
+
+    fn start_inner(remove_on_drop: bool, tls: Option<(String, String)>) -> PgServer {
         static N: AtomicU64 = AtomicU64::new(0);
         let bin = bin_dir();
         let base = std::env::temp_dir().join("headgate-it-pg");
@@ -165,6 +170,21 @@ impl PgServer {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        let mut extra: Vec<String> = Vec::new();
+        if let Some((cert, key)) = &tls {
+            std::fs::write(dir.join("server.crt"), cert).unwrap();
+            std::fs::write(dir.join("server.key"), key).unwrap();
+            std::fs::set_permissions(
+                dir.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+            extra.extend([
+                "ssl=on".to_string(),
+                format!("ssl_cert_file={}", dir.join("server.crt").display()),
+                format!("ssl_key_file={}", dir.join("server.key").display()),
+            ]);
+        }
         if is_root() {
             let (uid, gid) = postgres_ids();
             chown_tree(&dir, uid, gid);
@@ -205,6 +225,9 @@ impl PgServer {
                                 .args(["-c", "max_connections=300"])
                                 .args(["-c", "shared_buffers=32MB"])
                                 .current_dir(&dir2);
+                            for e in &extra {
+                                cmd.args(["-c", e]);
+                            }
                             let mut c = ChildProcess::spawn("postgres", cmd);
                             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                                 c.wait_for_line(Duration::from_secs(60), |l| {
