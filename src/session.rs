@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::cookies::{self, CookieSettings};
 use crate::crypto::{self, Keys, Purpose, Random};
-use crate::store::{SessionKey, SessionRecord, SessionSubject, Store, StoreError, User};
+use crate::store::{Link, SessionKey, SessionRecord, SessionSubject, Store, StoreError, User};
 
 pub const COOKIE_BASE: &str = "headgate_session";
 /// last_seen is written at most this often per session.
@@ -22,6 +22,8 @@ pub struct VerifiedSession {
     key: SessionKey,
     record: SessionRecord,
     user: Option<User>,
+    /// The person's link as read with the session (any state; `None` for API-key sessions).
+    link: Option<Link>,
 }
 
 impl VerifiedSession {
@@ -34,6 +36,11 @@ impl VerifiedSession {
     /// The signed-in person (None for API-key sessions).
     pub fn user(&self) -> Option<&User> {
         self.user.as_ref()
+    }
+    /// The person's link to a Headscale user, pending or approved, as read in the same transaction as the
+    /// session (so a request sees one consistent state).
+    pub fn link(&self) -> Option<&Link> {
+        self.link.as_ref()
     }
     pub fn is_api_key(&self) -> bool {
         matches!(self.record.subject, SessionSubject::ApiKey { .. })
@@ -55,6 +62,8 @@ pub enum Lookup {
 pub struct Sessions {
     keys: Arc<Keys>,
     cookies: CookieSettings,
+    /// The session cookie's name (fixed by the settings; looked up on every request).
+    name: String,
     store: Store,
     random: Arc<dyn Random>,
     touch: mpsc::Sender<(SessionKey, i64)>,
@@ -73,6 +82,7 @@ impl Sessions {
     ) -> Self {
         Sessions {
             keys,
+            name: cookies.name(COOKIE_BASE, "/"),
             cookies,
             store,
             random,
@@ -88,7 +98,7 @@ impl Sessions {
     }
 
     pub fn cookie_name(&self) -> String {
-        self.cookies.name(COOKIE_BASE, "/")
+        self.name.clone()
     }
 
     /// A fresh random session id: the cookie value to send and the key to store it under.
@@ -108,11 +118,8 @@ impl Sessions {
             return None;
         }
         let (id, tag) = value.split_once('.')?;
-        let id = crypto::unb64(id)?;
-        let tag = crypto::unb64(tag)?;
-        if id.len() != 32 || tag.len() != 32 {
-            return None;
-        }
+        let id = crypto::unb64_32(id)?;
+        let tag = crypto::unb64_32(tag)?;
         self.keys
             .verify_mac(Purpose::SessionMac, &id, &tag)
             .then(|| SessionKey::from_raw_id(&id))
@@ -132,29 +139,28 @@ impl Sessions {
 
     /// Read the request's session. A store failure is an error (fail closed), never "no session".
     pub async fn lookup(&self, headers: &HeaderMap, now: i64) -> Result<Lookup, StoreError> {
-        let name = self.cookie_name();
-        let values = cookies::values(headers, &name);
-        let value = match values.as_slice() {
-            [] => return Ok(Lookup::None),
-            [one] => *one,
-            _ => return Ok(Lookup::Ambiguous),
+        let mut values = cookies::request_cookies(headers)
+            .filter(|(n, _)| *n == self.name)
+            .map(|(_, v)| v);
+        let value = match (values.next(), values.next()) {
+            (None, _) => return Ok(Lookup::None),
+            (Some(one), None) => one,
+            (Some(_), Some(_)) => return Ok(Lookup::Ambiguous),
         };
         let Some(key) = self.verify_cookie(value) else {
             return Ok(Lookup::Invalid);
         };
-        let Some(record) = self.store.session(&key).await? else {
+        // One read transaction: the session, its person and their link.
+        let Some(view) = self.store.session_view(&key).await? else {
             return Ok(Lookup::Invalid);
         };
+        let crate::store::SessionView { record, user, link } = view;
         if now >= record.expires {
             return Ok(Lookup::Invalid);
         }
-        let user = match &record.subject {
-            SessionSubject::User(id) => match self.store.user(*id).await? {
-                Some(u) => Some(u),
-                None => return Ok(Lookup::Invalid),
-            },
-            SessionSubject::ApiKey { .. } => None,
-        };
+        if matches!(record.subject, SessionSubject::User(_)) && user.is_none() {
+            return Ok(Lookup::Invalid);
+        }
         if let Some((tx, interval)) = &self.refresh
             && record.refresh_token_enc.is_some()
             && now - record.refreshed >= *interval
@@ -169,6 +175,7 @@ impl Sessions {
             key,
             record,
             user,
+            link,
         })))
     }
 

@@ -13,7 +13,7 @@
 //! that does not decode is reported as [`StoreError::Corrupt`] naming the file, the table and the key.
 
 use super::records::*;
-use super::{SCHEMA_VERSION, StoreError};
+use super::{SCHEMA_VERSION, SessionView, StoreError};
 use ::redb::{
     Builder, Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     Table, TableDefinition, TableHandle, WriteTransaction,
@@ -747,6 +747,93 @@ impl RedbStore {
                 return Err(StoreError::Conflict(format!("{key:?} already exists")).into());
             }
             sessions.insert(key, &record)
+        })
+        .await
+    }
+
+    pub(super) async fn create_sessions(
+        &self,
+        batch: Vec<(SessionKey, SessionRecord)>,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            let users = txn.open_table(USERS)?;
+            let mut sessions = SessionTables::open(txn)?;
+            let mut known = std::collections::HashSet::new();
+            for (key, record) in &batch {
+                if let Some(uid) = record.user_id()
+                    && !known.contains(&uid)
+                {
+                    if get_user(&users, uid)?.is_none() {
+                        return Err(user_not_found(uid));
+                    }
+                    known.insert(uid);
+                }
+                if sessions.main.get(key.0)?.is_some() {
+                    return Err(StoreError::Conflict(format!("{key:?} already exists")).into());
+                }
+                sessions.insert(*key, record)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) fn session_view(&self, key: SessionKey) -> Result<Option<SessionView>, StoreError> {
+        self.read(|txn| {
+            let Some(record) = get_session(&txn.open_table(SESSIONS)?, key)? else {
+                return Ok(None);
+            };
+            let (user, link) = match record.user_id() {
+                Some(uid) => {
+                    let user = get_user(&txn.open_table(USERS)?, uid)?;
+                    let hs = match &user {
+                        Some(_) => txn
+                            .open_table(LINKS_BY_USER)?
+                            .get(uid.0)?
+                            .map(|g| g.value().to_string()),
+                        None => None,
+                    };
+                    let link = match hs {
+                        Some(hs) => get_link(&txn.open_table(LINKS)?, &hs)?,
+                        None => None,
+                    };
+                    (user, link)
+                }
+                None => (None, None),
+            };
+            Ok(Some(SessionView { record, user, link }))
+        })
+    }
+
+    pub(super) async fn count_live_sessions(&self, now: i64) -> Result<u64, StoreError> {
+        self.read_blocking(move |txn| {
+            let by_expiry = txn.open_table(SESSIONS_BY_EXPIRY)?;
+            let mut n = 0;
+            // Live: `now < expires`, i.e. every key from (now + 1, 0…) on.
+            for row in by_expiry.range((now.saturating_add(1), [0u8; 32])..)? {
+                row?;
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    pub(super) async fn api_key_sessions(&self) -> Result<Vec<(SessionKey, String)>, StoreError> {
+        self.read_blocking(|txn| {
+            let sessions = txn.open_table(SESSIONS)?;
+            let mut out = Vec::new();
+            for row in sessions.range::<[u8; 32]>(..)? {
+                let (k, v) = row?;
+                let key = SessionKey(k.value());
+                // API-key sessions have no `sessions_by_user` row, so the whole table is read, one record
+                // at a time (never all of them in memory at once).
+                let rec: SessionRecord = decode(v.value(), || format!("session {key:?}"))?;
+                if let SessionSubject::ApiKey { prefix, .. } = rec.subject {
+                    out.push((key, prefix));
+                }
+            }
+            Ok(out)
         })
         .await
     }

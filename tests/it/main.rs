@@ -10,6 +10,7 @@ mod admission;
 mod api_key_login;
 mod assertion;
 mod backup;
+mod bench_bodies;
 mod bridge;
 mod bridge_signals;
 mod check_config;
