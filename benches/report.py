@@ -320,7 +320,7 @@ def main():
         md.append("")
 
     md.append(
-        "Reproduce: `benches/run` (about 8 minutes after the release build; `--quick` for one short round, "
+        "Reproduce: `benches/run` (about 10 minutes after the release build; `--quick` for one short round, "
         "`--no-scale` or `--scale` for one part). Raw wrk output and every log: `benches/.run/`.\n"
     )
     results.mkdir(parents=True, exist_ok=True)

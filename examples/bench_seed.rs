@@ -24,7 +24,9 @@ const BATCH: usize = 5_000;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 4 {
-        eprintln!("usage: bench_seed <store file> <cookie_secret> <sessions> <cookies out> [cookies]");
+        eprintln!(
+            "usage: bench_seed <store file> <cookie_secret> <sessions> <cookies out> [cookies]"
+        );
         std::process::exit(2);
     }
     let path = std::path::PathBuf::from(&args[0]);
@@ -42,7 +44,8 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     let started = Instant::now();
-    let store = Store::open_redb(&path, headgate::store::DEFAULT_CACHE_BYTES).expect("open the store");
+    let store =
+        Store::open_redb(&path, headgate::store::DEFAULT_CACHE_BYTES).expect("open the store");
     let (touch, _touch_rx) = tokio::sync::mpsc::channel(1);
     let sessions = Sessions::new(
         Arc::new(Keys::new(&secret, None)),
@@ -90,7 +93,11 @@ fn main() {
         }
         // What a real OIDC session carries: the ID token (for RP-initiated logout) and the sealed refresh
         // token, so records and the file have their real size.
-        let id_token = format!("eyJhbGciOiJSUzI1NiJ9.{}.{}", "x".repeat(700), "s".repeat(342));
+        let id_token = format!(
+            "eyJhbGciOiJSUzI1NiJ9.{}.{}",
+            "x".repeat(700),
+            "s".repeat(342)
+        );
         let every = (total / want).max(1);
         let mut cookies = Vec::new();
         let mut batch = Vec::with_capacity(BATCH);

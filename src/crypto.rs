@@ -75,7 +75,9 @@ impl KeySet {
         match p {
             Purpose::SessionMac => self.session_mac_keyed.clone(),
             Purpose::Csrf => self.csrf_keyed.clone(),
-            p => <HmacSha256 as hmac::KeyInit>::new_from_slice(self.get(p)).expect("any key length"),
+            p => {
+                <HmacSha256 as hmac::KeyInit>::new_from_slice(self.get(p)).expect("any key length")
+            }
         }
     }
 
@@ -231,6 +233,34 @@ mod tests {
 
     fn keys(s: &str, p: Option<&str>) -> Keys {
         Keys::new(&Secret::new(s), p.map(Secret::new).as_ref())
+    }
+
+    #[test]
+    fn thirty_two_bytes_decode_without_allocating_and_nothing_else_does() {
+        let id = [0xa5u8; 32];
+        assert_eq!(unb64_32(&b64(&id)), Some(id));
+        assert_eq!(unb64_32(&b64(&[1u8; 31])), None);
+        assert_eq!(unb64_32(&b64(&[1u8; 33])), None);
+        assert_eq!(unb64_32(&format!("{}=", &b64(&id)[..42])), None);
+        assert_eq!(unb64_32(&"!".repeat(43)), None);
+        // The same strictness as `unb64`: non-zero trailing bits are refused.
+        let mut s = b64(&id);
+        s.pop();
+        s.push('B');
+        assert_eq!(unb64_32(&s).is_some(), unb64(&s).is_some());
+    }
+
+    #[test]
+    fn keyed_macs_match_a_fresh_hmac() {
+        let k = keys(&"k".repeat(32), None);
+        for p in [Purpose::SessionMac, Purpose::Csrf, Purpose::FlowEncryption] {
+            let mut fresh =
+                <HmacSha256 as hmac::KeyInit>::new_from_slice(k.current.get(p)).unwrap();
+            fresh.update(b"message");
+            let want: [u8; 32] = fresh.finalize().into_bytes().into();
+            assert_eq!(k.mac(p, b"message"), want);
+            assert!(k.verify_mac(p, b"message", &want));
+        }
     }
 
     #[test]

@@ -20,10 +20,9 @@ pub const TOUCH_EVERY_SECS: i64 = 300;
 #[derive(Debug, Clone)]
 pub struct VerifiedSession {
     key: SessionKey,
-    record: SessionRecord,
-    user: Option<User>,
-    /// The person's link as read with the session (any state; `None` for API-key sessions).
-    link: Option<Link>,
+    /// The session, its person and their link (any state), as read in one transaction (shared with the
+    /// store's cache of session views).
+    view: Arc<crate::store::SessionView>,
 }
 
 impl VerifiedSession {
@@ -31,19 +30,19 @@ impl VerifiedSession {
         &self.key
     }
     pub fn record(&self) -> &SessionRecord {
-        &self.record
+        &self.view.record
     }
     /// The signed-in person (None for API-key sessions).
     pub fn user(&self) -> Option<&User> {
-        self.user.as_ref()
+        self.view.user.as_ref()
     }
     /// The person's link to a Headscale user, pending or approved, as read in the same transaction as the
     /// session (so a request sees one consistent state).
     pub fn link(&self) -> Option<&Link> {
-        self.link.as_ref()
+        self.view.link.as_ref()
     }
     pub fn is_api_key(&self) -> bool {
-        matches!(self.record.subject, SessionSubject::ApiKey { .. })
+        matches!(self.view.record.subject, SessionSubject::ApiKey { .. })
     }
 }
 
@@ -154,11 +153,11 @@ impl Sessions {
         let Some(view) = self.store.session_view(&key).await? else {
             return Ok(Lookup::Invalid);
         };
-        let crate::store::SessionView { record, user, link } = view;
+        let record = &view.record;
         if now >= record.expires {
             return Ok(Lookup::Invalid);
         }
-        if matches!(record.subject, SessionSubject::User(_)) && user.is_none() {
+        if matches!(record.subject, SessionSubject::User(_)) && view.user.is_none() {
             return Ok(Lookup::Invalid);
         }
         if let Some((tx, interval)) = &self.refresh
@@ -171,12 +170,7 @@ impl Sessions {
             // Best effort and never blocking: a full queue just skips this update.
             let _ = self.touch.try_send((key, now));
         }
-        Ok(Lookup::Valid(Box::new(VerifiedSession {
-            key,
-            record,
-            user,
-            link,
-        })))
+        Ok(Lookup::Valid(Box::new(VerifiedSession { key, view })))
     }
 
     pub async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError> {

@@ -138,7 +138,9 @@ impl Fixture {
             ("referer", "https://hp.example.com/admin/"),
             (
                 "cookie",
-                &format!("color_scheme=dark; __Host-headgate_session={cookie_value}; _hp_auth=stale"),
+                &format!(
+                    "color_scheme=dark; __Host-headgate_session={cookie_value}; _hp_auth=stale"
+                ),
             ),
             ("sec-fetch-dest", "document"),
             ("sec-fetch-mode", "navigate"),
@@ -227,13 +229,14 @@ pub fn session_lookup(f: &Fixture) -> (VerifiedSession, Option<Link>) {
 /// Admission and the decision of a page load (`GET /admin/machines.data`): no `action_id`.
 pub fn policy_get(f: &Fixture) -> Decision {
     let uri = Uri::from_static("/admin/machines.data");
-    let admitted = match f
-        .policy
-        .admit(&policy::Request::from_parts(&Method::GET, &uri, &f.browser))
-    {
-        Admission::Ok(a) => a,
-        other => panic!("not admitted: {other:?}"),
-    };
+    let admitted =
+        match f
+            .policy
+            .admit(&policy::Request::from_parts(&Method::GET, &uri, &f.browser))
+        {
+            Admission::Ok(a) => a,
+            other => panic!("not admitted: {other:?}"),
+        };
     f.policy.decide(&admitted, None, Some(&f.who))
 }
 

@@ -13,23 +13,28 @@ fn hot_path(c: &mut Criterion) {
     c.bench_function("cookie verify (MAC only)", |b| {
         b.iter(|| black_box(bodies::cookie_verify(&f)))
     });
-    c.bench_function("cookie verify + session lookup (session, person, link)", |b| {
-        b.iter(|| black_box(bodies::session_lookup(&f)))
-    });
-    c.bench_function("policy: GET page, no action_id (admission + decision)", |b| {
-        b.iter(|| black_box(bodies::policy_get(&f)))
-    });
+    c.bench_function(
+        "cookie verify + session lookup (session, person, link)",
+        |b| b.iter(|| black_box(bodies::session_lookup(&f))),
+    );
+    c.bench_function(
+        "policy: GET page, no action_id (admission + decision)",
+        |b| b.iter(|| black_box(bodies::policy_get(&f))),
+    );
     c.bench_function("policy: POST with action_id (admission + decision)", |b| {
         b.iter(|| black_box(bodies::policy_post_action_id(&f)))
     });
     let id = bodies::identity(&f);
-    c.bench_function("header hygiene (clean, strip cookies, identity, forwarded)", |b| {
-        b.iter_batched_ref(
-            || f.browser.clone(),
-            |h| bodies::hygiene(&f, h, &id),
-            BatchSize::SmallInput,
-        )
-    });
+    c.bench_function(
+        "header hygiene (clean, strip cookies, identity, forwarded)",
+        |b| {
+            b.iter_batched_ref(
+                || f.browser.clone(),
+                |h| bodies::hygiene(&f, h, &id),
+                BatchSize::SmallInput,
+            )
+        },
+    );
     let mut round = 0;
     c.bench_function("assertion mint, cold (ES256 signature)", |b| {
         b.iter(|| {

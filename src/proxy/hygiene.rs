@@ -66,11 +66,7 @@ fn folded_eq(a: &str, b: &str) -> bool {
 
 /// Whether `name` folded starts with `prefix` (given folded).
 fn folded_starts_with(name: &str, prefix: &str) -> bool {
-    name.len() >= prefix.len()
-        && name
-            .bytes()
-            .zip(prefix.bytes())
-            .all(|(x, y)| fold(x) == y)
+    name.len() >= prefix.len() && name.bytes().zip(prefix.bytes()).all(|(x, y)| fold(x) == y)
 }
 
 impl IdentityNames {

@@ -138,7 +138,9 @@ impl Tracker {
                         }
                     }
                     // The buffer is kept for the next head (one allocation per connection, not per request).
-                    if !matches!(self.state, State::Stopped | State::Http2) && line.capacity() <= 4096 {
+                    if !matches!(self.state, State::Stopped | State::Http2)
+                        && line.capacity() <= 4096
+                    {
                         line.clear();
                         self.buf = line;
                     }

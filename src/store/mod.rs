@@ -299,7 +299,13 @@ impl Store {
     /// A session with its person and their link (any state), read in one transaction: what a request needs
     /// to know about its caller. `None`: no such session (expired or not: the caller compares `expires`).
     /// The user is `None` for an API-key session, and for a user session whose user is gone.
-    pub async fn session_view(&self, key: &SessionKey) -> Result<Option<SessionView>, StoreError> {
+    ///
+    /// The redb backend keeps the views it read until the next write (any write), so a repeated read of an
+    /// unchanged session costs a hash lookup.
+    pub async fn session_view(
+        &self,
+        key: &SessionKey,
+    ) -> Result<Option<Arc<SessionView>>, StoreError> {
         self.check_reads()?;
         match &*self.backend {
             Backend::Redb(b) => b.session_view(*key),

@@ -20,8 +20,10 @@ use ::redb::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 // ----- tables -----
 //
@@ -229,7 +231,22 @@ pub(super) struct RedbStore {
 struct Shared {
     db: Database,
     path: PathBuf,
+    /// Bumped after every committed write. Every write to the file goes through this process (redb locks
+    /// it; the CLI goes through the admin socket), so an unchanged generation means unchanged data.
+    generation: AtomicU64,
+    /// Session views read at a generation (see [`RedbStore::session_view`]).
+    views: std::sync::Mutex<ViewCache>,
 }
+
+/// Session views as read at `generation`; any write empties it. Only sessions that exist are kept.
+#[derive(Default)]
+struct ViewCache {
+    generation: u64,
+    map: HashMap<SessionKey, Arc<SessionView>>,
+}
+
+/// At most this many cached session views (a few MiB), then the cache starts over.
+const VIEW_CACHE_MAX: usize = 4096;
 
 impl RedbStore {
     pub(super) fn open(path: &Path, cache_size_bytes: usize) -> Result<RedbStore, StoreError> {
@@ -265,7 +282,12 @@ impl RedbStore {
         let db =
             guard_panic(&path, || b.create(&path))?.map_err(|e| Fail::from(e).into_store(&path))?;
         let store = RedbStore {
-            shared: Arc::new(Shared { db, path }),
+            shared: Arc::new(Shared {
+                db,
+                path,
+                generation: AtomicU64::new(0),
+                views: std::sync::Mutex::new(ViewCache::default()),
+            }),
         };
         store
             .prepare()
@@ -321,7 +343,11 @@ impl RedbStore {
                 txn.commit()?;
                 Ok(out)
             };
-            run().map_err(|f: Fail| f.into_store(&shared.path))
+            let r = run().map_err(|f: Fail| f.into_store(&shared.path));
+            // After the commit (never before: a read that starts between the two must not be cached as
+            // current).
+            shared.generation.fetch_add(1, Ordering::SeqCst);
+            r
         });
         self.join(task.await)
     }
@@ -778,7 +804,42 @@ impl RedbStore {
         .await
     }
 
-    pub(super) fn session_view(&self, key: SessionKey) -> Result<Option<SessionView>, StoreError> {
+    /// The session view, from the cache while nothing was written since it was read (every request reads
+    /// its session: a cache hit is a hash lookup instead of a read transaction and three decoded records).
+    pub(super) fn session_view(
+        &self,
+        key: SessionKey,
+    ) -> Result<Option<Arc<SessionView>>, StoreError> {
+        let lock = || self.shared.views.lock().unwrap_or_else(|p| p.into_inner());
+        // Read the generation before the data: a write that commits in between makes this read stale.
+        let generation = self.shared.generation.load(Ordering::SeqCst);
+        {
+            let cache = lock();
+            if cache.generation == generation
+                && let Some(v) = cache.map.get(&key)
+            {
+                return Ok(Some(v.clone()));
+            }
+        }
+        let Some(view) = self.read_session_view(key)? else {
+            return Ok(None);
+        };
+        let view = Arc::new(view);
+        let mut cache = lock();
+        if cache.generation < generation {
+            cache.map.clear();
+            cache.generation = generation;
+        }
+        if cache.generation == generation {
+            if cache.map.len() >= VIEW_CACHE_MAX {
+                cache.map.clear();
+            }
+            cache.map.insert(key, view.clone());
+        }
+        Ok(Some(view))
+    }
+
+    fn read_session_view(&self, key: SessionKey) -> Result<Option<SessionView>, StoreError> {
         self.read(|txn| {
             let Some(record) = get_session(&txn.open_table(SESSIONS)?, key)? else {
                 return Ok(None);

@@ -14,7 +14,10 @@ fn every_benchmarked_path_runs_and_answers_as_the_real_request_would() {
     let key = bodies::cookie_verify(&f).expect("the cookie verifies");
     let (session, link) = bodies::session_lookup(&f);
     assert_eq!(session.key(), &key);
-    assert_eq!(session.user().map(|u| u.subject.as_str()), Some("alice-sub"));
+    assert_eq!(
+        session.user().map(|u| u.subject.as_str()),
+        Some("alice-sub")
+    );
     assert_eq!(link.map(|l| l.headscale_user_id), Some("7".to_string()));
 
     assert!(
@@ -29,15 +32,32 @@ fn every_benchmarked_path_runs_and_answers_as_the_real_request_would() {
     let id = bodies::identity(&f);
     let mut h = f.browser.clone();
     bodies::hygiene(&f, &mut h, &id);
-    assert_eq!(h["remote-user"], "alice-sub", "the spoofed header is replaced");
-    assert_eq!(h["cookie"], "color_scheme=dark", "headgate's cookies never reach the upstream");
-    assert_eq!(h["x-forwarded-for"], "192.0.2.1", "an untrusted peer's X-Forwarded-For is replaced");
+    assert_eq!(
+        h["remote-user"], "alice-sub",
+        "the spoofed header is replaced"
+    );
+    assert_eq!(
+        h["cookie"], "color_scheme=dark",
+        "headgate's cookies never reach the upstream"
+    );
+    assert_eq!(
+        h["x-forwarded-for"], "192.0.2.1",
+        "an untrusted peer's X-Forwarded-For is replaced"
+    );
     assert!(h.get("connection").is_none());
     assert_eq!(Some(&h["x-headgate-assertion"]), id.assertion.as_ref());
 
     let cold = bodies::assertion_cold(&f, 1);
     assert_eq!(cold.split('.').count(), 3, "a compact JWS");
     let cached = bodies::assertion_cached(&f);
-    assert_eq!(bodies::assertion_cached(&f), cached, "the second mint comes from the cache");
-    assert_ne!(bodies::assertion_cold(&f, 2), cold, "a cold mint signs afresh");
+    assert_eq!(
+        bodies::assertion_cached(&f),
+        cached,
+        "the second mint comes from the cache"
+    );
+    assert_ne!(
+        bodies::assertion_cold(&f, 2),
+        cold,
+        "a cold mint signs afresh"
+    );
 }
