@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use http::{Response, StatusCode, header};
+use http::{HeaderValue, Response, StatusCode, header};
 use p256::ecdsa::signature::{Signer, Verifier};
 use p256::ecdsa::{Signature, SigningKey as EcKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -99,7 +99,7 @@ pub struct AssertionClaims {
     /// The headgate role (`None` for an API-key session, which has every capability but no role).
     pub role: Option<String>,
     /// Capability names.
-    pub caps: Vec<String>,
+    pub caps: Vec<&'static str>,
     pub hs_user_id: Option<String>,
     pub hs_user: Option<String>,
     pub amr: AuthMethod,
@@ -118,11 +118,7 @@ impl AssertionClaims {
                 email: u.email.clone().filter(|_| u.email_verified),
                 name: u.name.clone(),
                 role: Some(u.role.as_str().to_string()),
-                caps: crate::roles::caps(u.role)
-                    .names()
-                    .into_iter()
-                    .map(String::from)
-                    .collect(),
+                caps: crate::roles::caps(u.role).names(),
                 hs_user_id: link.map(|l| l.headscale_user_id.clone()),
                 hs_user: link
                     .map(|l| l.headscale_name.clone())
@@ -140,11 +136,7 @@ impl AssertionClaims {
                     email: None,
                     name: None,
                     role: None,
-                    caps: crate::roles::Caps::ALL
-                        .names()
-                        .into_iter()
-                        .map(String::from)
-                        .collect(),
+                    caps: crate::roles::Caps::ALL.names(),
                     hs_user_id: None,
                     hs_user: None,
                     amr: AuthMethod::ApiKey,
@@ -336,10 +328,12 @@ fn in_jwks(k: &SigningKey, now: i64) -> bool {
 }
 
 struct CacheEntry {
+    audience: String,
     claims: AssertionClaims,
     kid: String,
     minted: i64,
-    token: String,
+    /// The token as the header value every request hands on (cloning it shares the bytes).
+    token: HeaderValue,
 }
 
 /// The assertion service: keys loaded from the store, minting with a short per-session cache, the JWKS.
@@ -353,7 +347,10 @@ pub struct Assertions {
     issuer: String,
     lifetime: i64,
     loaded: RwLock<Arc<Loaded>>,
-    cache: Mutex<HashMap<(SessionKey, String), CacheEntry>>,
+    /// Per session, one entry per audience (forward-auth may protect several hosts).
+    cache: Mutex<HashMap<SessionKey, Vec<CacheEntry>>>,
+    /// The `aud` of assertions the proxy hands its upstream ([`default_audience`]).
+    audience: String,
     /// One load at a time (the periodic reload, an explicit one, the CLI).
     syncing: tokio::sync::Mutex<()>,
 }
@@ -373,8 +370,15 @@ impl Assertions {
                 ready: false,
             })),
             cache: Mutex::new(HashMap::new()),
+            audience: default_audience(config),
             syncing: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The `aud` of the assertions the reverse proxy hands its upstream (`headers.audience`, else the
+    /// upstream's origin), computed once.
+    pub fn audience(&self) -> &str {
+        &self.audience
     }
 
     /// The first load, run to completion before the server accepts requests, so the first request already has
@@ -452,7 +456,10 @@ impl Assertions {
                 None => tracing::error!("no assertion signing key can be used"),
             }
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            cache.retain(|_, e| Some(&e.kid) == signing_kid.as_ref());
+            cache.retain(|_, list| {
+                list.retain(|e| Some(&e.kid) == signing_kid.as_ref());
+                !list.is_empty()
+            });
         }
         Ok(())
     }
@@ -738,43 +745,63 @@ impl Assertions {
         audience: &str,
         now: i64,
     ) -> Result<String, MintError> {
+        self.mint_header(claims, audience, now).map(|v| {
+            v.to_str()
+                .expect("a compact JWS is visible ASCII")
+                .to_string()
+        })
+    }
+
+    /// [`Assertions::mint`] as the `X-Headgate-Assertion` header value (what the request path uses: a cache
+    /// hit costs no copy of the token).
+    pub fn mint_header(
+        &self,
+        claims: &AssertionClaims,
+        audience: &str,
+        now: i64,
+    ) -> Result<HeaderValue, MintError> {
         let loaded = self.current();
         let signer = loaded.signer.as_ref().ok_or(MintError::NoSigningKey)?;
-        let cache_key = (claims.session, audience.to_string());
         let ttl = self.cache_secs();
+        let fresh = |e: &CacheEntry| now >= e.minted && now < e.minted + ttl;
         {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(e) = cache.get(&cache_key)
+            if let Some(e) = cache
+                .get(&claims.session)
+                .and_then(|list| list.iter().find(|e| e.audience == audience))
                 && e.kid == signer.kid
-                && now >= e.minted
-                && now < e.minted + ttl
+                && fresh(e)
                 && e.claims == *claims
             {
                 return Ok(e.token.clone());
             }
         }
-        let token = self.sign(signer, claims, audience, now);
+        let token = HeaderValue::from_str(&self.sign(signer, claims, audience, now))
+            .expect("a compact JWS is a valid header value");
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= MINT_CACHE_MAX && !cache.contains_key(&cache_key) {
-            cache.retain(|_, e| now >= e.minted && now < e.minted + ttl);
+        if cache.len() >= MINT_CACHE_MAX && !cache.contains_key(&claims.session) {
+            cache.retain(|_, list| {
+                list.retain(fresh);
+                !list.is_empty()
+            });
             if cache.len() >= MINT_CACHE_MAX
                 && let Some(oldest) = cache
                     .iter()
-                    .min_by_key(|(_, e)| e.minted)
-                    .map(|(k, _)| k.clone())
+                    .min_by_key(|(_, list)| list.iter().map(|e| e.minted).max())
+                    .map(|(k, _)| *k)
             {
                 cache.remove(&oldest);
             }
         }
-        cache.insert(
-            cache_key,
-            CacheEntry {
-                claims: claims.clone(),
-                kid: signer.kid.clone(),
-                minted: now,
-                token: token.clone(),
-            },
-        );
+        let list = cache.entry(claims.session).or_default();
+        list.retain(|e| e.audience != audience && fresh(e));
+        list.push(CacheEntry {
+            audience: audience.to_string(),
+            claims: claims.clone(),
+            kid: signer.kid.clone(),
+            minted: now,
+            token: token.clone(),
+        });
         Ok(token)
     }
 
@@ -790,7 +817,7 @@ impl Assertions {
             email: c.email.clone(),
             name: c.name.clone(),
             role: c.role.clone(),
-            caps: c.caps.clone(),
+            caps: c.caps.iter().map(|c| c.to_string()).collect(),
             hs_user_id: c.hs_user_id.clone(),
             hs_user: c.hs_user.clone(),
             sid: sid_of(&c.session),

@@ -40,6 +40,10 @@ struct KeySet {
     flow: [u8; 32],
     csrf: [u8; 32],
     key_enc: [u8; 32],
+    /// HMAC states already keyed (inner and outer pads absorbed) for the MAC purposes: every request
+    /// verifies a session MAC, and cloning a keyed state saves two SHA-256 blocks each time.
+    session_mac_keyed: HmacSha256,
+    csrf_keyed: HmacSha256,
 }
 
 impl KeySet {
@@ -51,11 +55,29 @@ impl KeySet {
                 .expect("32 bytes is a valid HKDF-SHA256 length");
             out
         };
+        let keyed = |k: &[u8; 32]| {
+            <HmacSha256 as hmac::KeyInit>::new_from_slice(k).expect("any key length")
+        };
+        let session_mac = get(Purpose::SessionMac);
+        let csrf = get(Purpose::Csrf);
         KeySet {
-            session_mac: get(Purpose::SessionMac),
+            session_mac_keyed: keyed(&session_mac),
+            csrf_keyed: keyed(&csrf),
+            session_mac,
             flow: get(Purpose::FlowEncryption),
-            csrf: get(Purpose::Csrf),
+            csrf,
             key_enc: get(Purpose::KeyEncryption),
+        }
+    }
+
+    /// A fresh HMAC for `p`, keyed.
+    fn hmac(&self, p: Purpose) -> HmacSha256 {
+        match p {
+            Purpose::SessionMac => self.session_mac_keyed.clone(),
+            Purpose::Csrf => self.csrf_keyed.clone(),
+            p => {
+                <HmacSha256 as hmac::KeyInit>::new_from_slice(self.get(p)).expect("any key length")
+            }
         }
     }
 
@@ -97,8 +119,7 @@ impl Keys {
 
     /// HMAC-SHA256 of `msg` with the current key for `purpose`.
     pub fn mac(&self, purpose: Purpose, msg: &[u8]) -> [u8; 32] {
-        let mut m = <HmacSha256 as hmac::KeyInit>::new_from_slice(self.current.get(purpose))
-            .expect("any key length");
+        let mut m = self.current.hmac(purpose);
         m.update(msg);
         m.finalize().into_bytes().into()
     }
@@ -107,8 +128,7 @@ impl Keys {
     pub fn verify_mac(&self, purpose: Purpose, msg: &[u8], tag: &[u8]) -> bool {
         let mut ok = false;
         for ks in self.all() {
-            let mut m = <HmacSha256 as hmac::KeyInit>::new_from_slice(ks.get(purpose))
-                .expect("any key length");
+            let mut m = ks.hmac(purpose);
             m.update(msg);
             ok |= m.verify_slice(tag).is_ok();
         }
@@ -185,6 +205,18 @@ pub fn unb64(s: &str) -> Option<Vec<u8>> {
     B64.decode(s).ok()
 }
 
+/// Exactly 32 bytes of unpadded base64url (43 characters), decoded without allocating.
+pub fn unb64_32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 43 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    match B64.decode_slice(s, &mut out) {
+        Ok(32) => Some(out),
+        _ => None,
+    }
+}
+
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
@@ -201,6 +233,34 @@ mod tests {
 
     fn keys(s: &str, p: Option<&str>) -> Keys {
         Keys::new(&Secret::new(s), p.map(Secret::new).as_ref())
+    }
+
+    #[test]
+    fn thirty_two_bytes_decode_without_allocating_and_nothing_else_does() {
+        let id = [0xa5u8; 32];
+        assert_eq!(unb64_32(&b64(&id)), Some(id));
+        assert_eq!(unb64_32(&b64(&[1u8; 31])), None);
+        assert_eq!(unb64_32(&b64(&[1u8; 33])), None);
+        assert_eq!(unb64_32(&format!("{}=", &b64(&id)[..42])), None);
+        assert_eq!(unb64_32(&"!".repeat(43)), None);
+        // The same strictness as `unb64`: non-zero trailing bits are refused.
+        let mut s = b64(&id);
+        s.pop();
+        s.push('B');
+        assert_eq!(unb64_32(&s).is_some(), unb64(&s).is_some());
+    }
+
+    #[test]
+    fn keyed_macs_match_a_fresh_hmac() {
+        let k = keys(&"k".repeat(32), None);
+        for p in [Purpose::SessionMac, Purpose::Csrf, Purpose::FlowEncryption] {
+            let mut fresh =
+                <HmacSha256 as hmac::KeyInit>::new_from_slice(k.current.get(p)).unwrap();
+            fresh.update(b"message");
+            let want: [u8; 32] = fresh.finalize().into_bytes().into();
+            assert_eq!(k.mac(p, b"message"), want);
+            assert!(k.verify_mac(p, b"message", &want));
+        }
     }
 
     #[test]

@@ -209,13 +209,13 @@ pub(crate) async fn caller(
             return Err(CallerError::Store(e));
         }
     };
-    let link = match session.as_ref().and_then(|s| s.user()) {
-        Some(u) => match app.store.link_of_user(u.id).await {
-            Ok(l) => l.filter(|l| l.state == LinkState::Approved),
-            Err(e) => return Err(CallerError::Store(e)),
-        },
-        None => None,
-    };
+    // Read with the session, in the same transaction.
+    let link = session
+        .as_ref()
+        .filter(|s| s.user().is_some())
+        .and_then(|s| s.link())
+        .filter(|l| l.state == LinkState::Approved)
+        .cloned();
     let who = session.as_ref().map(|s| match s.user() {
         Some(u) => Who::person(u.role, link.as_ref().map(|l| l.headscale_user_id.clone())),
         None => Who::api_key(),
@@ -641,13 +641,7 @@ pub fn identity_of(
     link: Option<&crate::store::Link>,
     now: i64,
 ) -> Result<hygiene::Identity, crate::assertion::MintError> {
-    identity_for(
-        app,
-        s,
-        link,
-        now,
-        &crate::assertion::default_audience(&app.config),
-    )
+    identity_for(app, s, link, now, app.assertions().audience())
 }
 
 /// [`identity_of`] with the assertion for `audience` (forward-auth: the original host's origin).
@@ -686,7 +680,7 @@ pub fn identity_for(
         (None, SessionSubject::User(_)) => {}
     }
     let claims = crate::assertion::AssertionClaims::for_session(s, link);
-    id.assertion = app.assertions().mint(&claims, audience, now)?;
+    id.assertion = Some(app.assertions().mint_header(&claims, audience, now)?);
     Ok(id)
 }
 

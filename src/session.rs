@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::cookies::{self, CookieSettings};
 use crate::crypto::{self, Keys, Purpose, Random};
-use crate::store::{SessionKey, SessionRecord, SessionSubject, Store, StoreError, User};
+use crate::store::{Link, SessionKey, SessionRecord, SessionSubject, Store, StoreError, User};
 
 pub const COOKIE_BASE: &str = "headgate_session";
 /// last_seen is written at most this often per session.
@@ -20,8 +20,9 @@ pub const TOUCH_EVERY_SECS: i64 = 300;
 #[derive(Debug, Clone)]
 pub struct VerifiedSession {
     key: SessionKey,
-    record: SessionRecord,
-    user: Option<User>,
+    /// The session, its person and their link (any state), as read in one transaction (shared with the
+    /// store's cache of session views).
+    view: Arc<crate::store::SessionView>,
 }
 
 impl VerifiedSession {
@@ -29,14 +30,19 @@ impl VerifiedSession {
         &self.key
     }
     pub fn record(&self) -> &SessionRecord {
-        &self.record
+        &self.view.record
     }
     /// The signed-in person (None for API-key sessions).
     pub fn user(&self) -> Option<&User> {
-        self.user.as_ref()
+        self.view.user.as_ref()
+    }
+    /// The person's link to a Headscale user, pending or approved, as read in the same transaction as the
+    /// session (so a request sees one consistent state).
+    pub fn link(&self) -> Option<&Link> {
+        self.view.link.as_ref()
     }
     pub fn is_api_key(&self) -> bool {
-        matches!(self.record.subject, SessionSubject::ApiKey { .. })
+        matches!(self.view.record.subject, SessionSubject::ApiKey { .. })
     }
 }
 
@@ -55,6 +61,8 @@ pub enum Lookup {
 pub struct Sessions {
     keys: Arc<Keys>,
     cookies: CookieSettings,
+    /// The session cookie's name (fixed by the settings; looked up on every request).
+    name: String,
     store: Store,
     random: Arc<dyn Random>,
     touch: mpsc::Sender<(SessionKey, i64)>,
@@ -73,6 +81,7 @@ impl Sessions {
     ) -> Self {
         Sessions {
             keys,
+            name: cookies.name(COOKIE_BASE, "/"),
             cookies,
             store,
             random,
@@ -88,7 +97,7 @@ impl Sessions {
     }
 
     pub fn cookie_name(&self) -> String {
-        self.cookies.name(COOKIE_BASE, "/")
+        self.name.clone()
     }
 
     /// A fresh random session id: the cookie value to send and the key to store it under.
@@ -121,29 +130,28 @@ impl Sessions {
 
     /// Read the request's session. A store failure is an error (fail closed), never "no session".
     pub async fn lookup(&self, headers: &HeaderMap, now: i64) -> Result<Lookup, StoreError> {
-        let name = self.cookie_name();
-        let values = cookies::values(headers, &name);
-        let value = match values.as_slice() {
-            [] => return Ok(Lookup::None),
-            [one] => *one,
-            _ => return Ok(Lookup::Ambiguous),
+        let mut values = cookies::request_cookies(headers)
+            .filter(|(n, _)| *n == self.name)
+            .map(|(_, v)| v);
+        let value = match (values.next(), values.next()) {
+            (None, _) => return Ok(Lookup::None),
+            (Some(one), None) => one,
+            (Some(_), Some(_)) => return Ok(Lookup::Ambiguous),
         };
         let Some(key) = self.verify_cookie(value) else {
             return Ok(Lookup::Invalid);
         };
-        let Some(record) = self.store.session(&key).await? else {
+        // One read transaction: the session, its person and their link.
+        let Some(view) = self.store.session_view(&key).await? else {
             return Ok(Lookup::Invalid);
         };
+        let record = &view.record;
         if now >= record.expires {
             return Ok(Lookup::Invalid);
         }
-        let user = match &record.subject {
-            SessionSubject::User(id) => match self.store.user(*id).await? {
-                Some(u) => Some(u),
-                None => return Ok(Lookup::Invalid),
-            },
-            SessionSubject::ApiKey { .. } => None,
-        };
+        if matches!(record.subject, SessionSubject::User(_)) && view.user.is_none() {
+            return Ok(Lookup::Invalid);
+        }
         if let Some((tx, interval)) = &self.refresh
             && record.refresh_token_enc.is_some()
             && now - record.refreshed >= *interval
@@ -154,11 +162,7 @@ impl Sessions {
             // Best effort and never blocking: a full queue just skips this update.
             let _ = self.touch.try_send((key, now));
         }
-        Ok(Lookup::Valid(Box::new(VerifiedSession {
-            key,
-            record,
-            user,
-        })))
+        Ok(Lookup::Valid(Box::new(VerifiedSession { key, view })))
     }
 
     pub async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError> {
@@ -202,11 +206,8 @@ pub fn decode_cookie(keys: &Keys, value: &str) -> Option<SessionKey> {
         return None;
     }
     let (id, tag) = value.split_once('.')?;
-    let id = crypto::unb64(id)?;
-    let tag = crypto::unb64(tag)?;
-    if id.len() != 32 || tag.len() != 32 {
-        return None;
-    }
+    let id = crypto::unb64_32(id)?;
+    let tag = crypto::unb64_32(tag)?;
     keys.verify_mac(Purpose::SessionMac, &id, &tag)
         .then(|| SessionKey::from_raw_id(&id))
 }

@@ -343,17 +343,10 @@ pub async fn login(app: &App, req: Request<hyper::body::Incoming>, conn: Conn) -
 /// leaves sessions alone (they still end at the key's expiry) and is logged.
 pub async fn recheck_sessions(app: &App) {
     let Some(hs) = &app.headscale else { return };
-    let sessions = match app.store.sessions().await {
+    let api = match app.store.api_key_sessions().await {
         Ok(s) => s,
         Err(e) => return tracing::warn!(error = %e, "API-key re-check: cannot list sessions"),
     };
-    let api: Vec<_> = sessions
-        .into_iter()
-        .filter_map(|(k, r)| match &r.subject {
-            SessionSubject::ApiKey { prefix, .. } => Some((k, prefix.clone())),
-            _ => None,
-        })
-        .collect();
     if api.is_empty() {
         return;
     }

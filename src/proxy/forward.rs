@@ -150,7 +150,6 @@ impl Upstream {
         // The upstream hop is HTTP/1.1 whatever the client spoke; hyper rebuilds the framing.
         parts.version = http::Version::HTTP_11;
         let req = Request::from_parts(parts, body);
-        let origin = self.label.clone();
         let answer = match &self.client {
             Pool::Tcp(c) => c.request(req),
             Pool::Unix(c) => c.request(req),
@@ -163,9 +162,12 @@ impl Upstream {
                 if let Some(src) = e.source() {
                     msg = format!("{msg}: {src}");
                 }
-                Err(ForwardError::Unreachable(origin, msg))
+                Err(ForwardError::Unreachable(self.label.clone(), msg))
             }
-            Err(_) => Err(ForwardError::Timeout(origin, RESPONSE_TIMEOUT.as_secs())),
+            Err(_) => Err(ForwardError::Timeout(
+                self.label.clone(),
+                RESPONSE_TIMEOUT.as_secs(),
+            )),
         }
     }
 }

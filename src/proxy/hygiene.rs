@@ -50,9 +50,23 @@ pub const HS_USER: &str = "x-headgate-headscale-user";
 pub const AUTH: &str = "x-headgate-auth";
 pub const ASSERTION: &str = "x-headgate-assertion";
 
-/// A header name as a spoofer might spell it, folded: lower case, `_` as `-`.
-fn folded(name: &str) -> String {
-    name.to_ascii_lowercase().replace('_', "-")
+/// One byte of a header name as a spoofer might spell it, folded: lower case, `_` as `-`.
+fn fold(b: u8) -> u8 {
+    match b {
+        b'_' => b'-',
+        b => b.to_ascii_lowercase(),
+    }
+}
+
+/// Whether `a` and `b` are the same name once folded (no allocation: this runs for every header of every
+/// request).
+fn folded_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
+}
+
+/// Whether `name` folded starts with `prefix` (given folded).
+fn folded_starts_with(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len() && name.bytes().zip(prefix.bytes()).all(|(x, y)| fold(x) == y)
 }
 
 impl IdentityNames {
@@ -67,12 +81,13 @@ impl IdentityNames {
 
     /// Whether a client-sent header is (a spelling of) one of headgate's identity headers.
     pub fn is_identity(&self, name: &str) -> bool {
-        let f = folded(name);
-        f.starts_with("x-headgate-")
-            || [&self.user, &self.email, &self.name, &self.picture].iter().any(|n| folded(n) == f)
+        folded_starts_with(name, "x-headgate-")
+            || [&self.user, &self.email, &self.name, &self.picture].iter().any(|n| folded_eq(n, name))
             // The default names are always reserved, even when renamed, so Headplane's own trusted-header
             // mode can never be fed a client value.
-            || matches!(f.as_str(), "remote-user" | "remote-email" | "remote-name" | "remote-picture" | "remote-groups")
+            || ["remote-user", "remote-email", "remote-name", "remote-picture", "remote-groups"]
+                .iter()
+                .any(|n| folded_eq(n, name))
     }
 }
 
@@ -87,7 +102,8 @@ pub struct Identity {
     pub hs_user_id: String,
     pub hs_user: String,
     pub auth: String,
-    pub assertion: String,
+    /// The signed assertion, as the header value the mint cache keeps (`None`: an empty header).
+    pub assertion: Option<HeaderValue>,
 }
 
 /// Clean a client's request headers for forwarding: `Connection`-listed fields (never `Cookie`/`Host`),
@@ -127,10 +143,10 @@ pub fn clean_request(
             let s = n.as_str();
             names.is_identity(s)
                 || (!trusted_peer
-                    && (folded(s).starts_with("x-forwarded-")
-                        || folded(s).starts_with("x-original-")
+                    && (folded_starts_with(s, "x-forwarded-")
+                        || folded_starts_with(s, "x-original-")
                         || s == "forwarded"
-                        || folded(s) == "x-real-ip"))
+                        || folded_eq(s, "x-real-ip")))
         })
         .cloned()
         .collect();
@@ -145,28 +161,47 @@ pub fn clean_request(
 
 /// Set every identity header (empty when unknown), after `clean_request`.
 pub fn set_identity(headers: &mut HeaderMap, names: &IdentityNames, id: &Identity) {
-    let mut set = |name: &str, value: &str| {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&sanitize(value)),
-        ) {
-            headers.insert(n, v);
+    fn value(v: &str) -> Option<HeaderValue> {
+        match sanitize(v) {
+            std::borrow::Cow::Borrowed(v) => HeaderValue::from_str(v).ok(),
+            std::borrow::Cow::Owned(v) => HeaderValue::from_str(&v).ok(),
+        }
+    }
+    let mut set = |name: HeaderName, v: &str| {
+        if let Some(v) = value(v) {
+            headers.insert(name, v);
         }
     };
-    set(&names.user, &id.user);
-    set(&names.email, &id.email);
-    set(&names.name, &id.name);
-    set(&names.picture, &id.picture);
-    set(ROLE, &id.role);
-    set(HS_USER_ID, &id.hs_user_id);
-    set(HS_USER, &id.hs_user);
-    set(AUTH, &id.auth);
-    set(ASSERTION, &id.assertion);
+    for (name, v) in [
+        (&names.user, &id.user),
+        (&names.email, &id.email),
+        (&names.name, &id.name),
+        (&names.picture, &id.picture),
+    ] {
+        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+            set(n, v);
+        }
+    }
+    set(HeaderName::from_static(ROLE), &id.role);
+    set(HeaderName::from_static(HS_USER_ID), &id.hs_user_id);
+    set(HeaderName::from_static(HS_USER), &id.hs_user);
+    set(HeaderName::from_static(AUTH), &id.auth);
+    // Already a header value (base64url and dots), shared with the mint cache: no copy, no check.
+    headers.insert(
+        HeaderName::from_static(ASSERTION),
+        id.assertion
+            .clone()
+            .unwrap_or_else(|| HeaderValue::from_static("")),
+    );
 }
 
 /// Header values are visible ASCII: other characters are percent-escaped, so a name with a newline or
-/// non-ASCII letters can neither break the request nor be dropped.
-fn sanitize(v: &str) -> String {
+/// non-ASCII letters can neither break the request nor be dropped. A value that needs no escaping (the
+/// assertion, nearly every name) is used as it is.
+fn sanitize(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'%') {
+        return std::borrow::Cow::Borrowed(v);
+    }
     let mut out = String::with_capacity(v.len());
     for b in v.bytes() {
         if (0x20..0x7f).contains(&b) && b != b'%' {
@@ -175,7 +210,7 @@ fn sanitize(v: &str) -> String {
             out.push_str(&format!("%{b:02X}"));
         }
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 /// Remove cookies the upstream must never see (headgate's own, and any client `_hp_auth`), keeping the rest.

@@ -124,7 +124,7 @@ impl Tracker {
                     self.buf.extend_from_slice(&data[..used]);
                     // Bytes after the line belong to what follows.
                     data = &data[used..];
-                    let line = std::mem::take(&mut self.buf);
+                    let mut line = std::mem::take(&mut self.buf);
                     match self.state {
                         State::Head => self.head(&line),
                         State::ChunkSize => self.chunk_size(&line),
@@ -136,6 +136,13 @@ impl Tracker {
                                 self.stop(from);
                             }
                         }
+                    }
+                    // The buffer is kept for the next head (one allocation per connection, not per request).
+                    if !matches!(self.state, State::Stopped | State::Http2)
+                        && line.capacity() <= 4096
+                    {
+                        line.clear();
+                        self.buf = line;
                     }
                 }
             }

@@ -33,6 +33,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// A session as a request reads it (see [`Store::session_view`]).
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    pub record: SessionRecord,
+    pub user: Option<User>,
+    pub link: Option<Link>,
+}
+
 /// The schema version this binary writes and understands. A file with a newer version is refused; an older
 /// one is migrated at open.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -411,6 +419,42 @@ impl Store {
         record: SessionRecord,
     ) -> Result<(), StoreError> {
         dispatch!(self.create_session(key, record))
+    }
+
+    /// A session with its person and their link (any state), read in one transaction: what a request needs
+    /// to know about its caller. `None`: no such session (expired or not: the caller compares `expires`).
+    /// The user is `None` for an API-key session, and for a user session whose user is gone.
+    ///
+    /// The redb backend keeps the views it read until the next write (any write), so a repeated read of an
+    /// unchanged session costs a hash lookup.
+    pub async fn session_view(
+        &self,
+        key: &SessionKey,
+    ) -> Result<Option<Arc<SessionView>>, StoreError> {
+        self.check_reads()?;
+        match &*self.backend {
+            Backend::Redb(b) => b.session_view(*key),
+            Backend::Postgres(b) => b.timed(b.session_view(*key)).await,
+        }
+    }
+
+    /// Store many new sessions in one transaction (imports, benchmarks): all or nothing, with the rules of
+    /// [`Store::create_session`] for each.
+    pub async fn create_sessions(
+        &self,
+        batch: Vec<(SessionKey, SessionRecord)>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.create_sessions(batch))
+    }
+
+    /// How many sessions have not expired at `now` (counted on the expiry index; no record is decoded).
+    pub async fn count_live_sessions(&self, now: i64) -> Result<u64, StoreError> {
+        dispatch!(self.count_live_sessions(now))
+    }
+
+    /// The API-key sessions with their key prefix (read one record at a time; user sessions are skipped).
+    pub async fn api_key_sessions(&self) -> Result<Vec<(SessionKey, String)>, StoreError> {
+        dispatch!(self.api_key_sessions())
     }
 
     /// The session, if stored (expired or not: the caller compares `expires` with its clock). Only reads.

@@ -1364,6 +1364,88 @@ impl PgStore {
         }
     }
 
+    /// The session with its person and link, from the cache where it can (three cached reads, not one
+    /// transaction: each entry is invalidated on its own change, within the cache bound).
+    pub(super) async fn session_view(
+        &self,
+        key: SessionKey,
+    ) -> Result<Option<Arc<super::SessionView>>, StoreError> {
+        let Some(record) = self.session(key).await? else {
+            return Ok(None);
+        };
+        let (user, link) = match record.user_id() {
+            Some(uid) => (self.user(uid).await?, self.link_of_user(uid).await?),
+            None => (None, None),
+        };
+        Ok(Some(Arc::new(super::SessionView { record, user, link })))
+    }
+
+    /// All or nothing: one transaction, a taken key or an unknown user refuses the batch.
+    pub(super) async fn create_sessions(
+        &self,
+        batch: Vec<(SessionKey, SessionRecord)>,
+    ) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(|e| self.pg_err(e))?;
+        let mut tags = Vec::with_capacity(batch.len());
+        for (key, record) in &batch {
+            tags.push(session_tag(key));
+            let r = tx
+                .execute(
+                    "INSERT INTO headgate_sessions (key, user_id, expires, v, record) VALUES ($1, $2, $3, $4, $5)",
+                    &[
+                        &key.as_bytes().as_slice(),
+                        &record.user_id().map(|u| id(u.0)),
+                        &record.expires,
+                        &RECORD_V1,
+                        &Json(record),
+                    ],
+                )
+                .await;
+            match r {
+                Ok(_) => {}
+                Err(e) if sql_state(&e) == Some("23505") => {
+                    return Err(StoreError::Conflict(format!("{key:?} already exists")));
+                }
+                Err(e) if sql_state(&e) == Some("23503") => {
+                    return Err(self.fail(user_not_found(record.user_id().unwrap_or(UserId(0)))));
+                }
+                Err(e) => return Err(self.pg_err(e)),
+            }
+        }
+        tx.commit().await.map_err(|e| self.pg_err(e))?;
+        self.invalidated(&tags);
+        Ok(())
+    }
+
+    pub(super) async fn count_live_sessions(&self, now: i64) -> Result<u64, StoreError> {
+        let row = self
+            .read_opt(
+                "SELECT count(*) AS n FROM headgate_sessions WHERE expires > $1",
+                &[&now],
+            )
+            .await?;
+        Ok(row.map(|r| r.get::<_, i64>("n")).unwrap_or(0).max(0) as u64)
+    }
+
+    pub(super) async fn api_key_sessions(&self) -> Result<Vec<(SessionKey, String)>, StoreError> {
+        let rows = self
+            .read_all(
+                "SELECT key, v, record FROM headgate_sessions WHERE user_id IS NULL ORDER BY key",
+                &[],
+            )
+            .await?;
+        Ok(self
+            .session_rows(rows)
+            .await?
+            .into_iter()
+            .filter_map(|(k, r)| match r.subject {
+                SessionSubject::ApiKey { prefix, .. } => Some((k, prefix)),
+                _ => None,
+            })
+            .collect())
+    }
+
     pub(super) async fn session(
         &self,
         key: SessionKey,

@@ -13,15 +13,17 @@
 //! that does not decode is reported as [`StoreError::Corrupt`] naming the file, the table and the key.
 
 use super::records::*;
-use super::{SCHEMA_VERSION, StoreError};
+use super::{SCHEMA_VERSION, SessionView, StoreError};
 use ::redb::{
     Builder, Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     Table, TableDefinition, TableHandle, WriteTransaction,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 // ----- tables -----
 //
@@ -236,7 +238,22 @@ struct Shared {
     path: PathBuf,
     /// Test hook ([`crate::store::Store::fail_writes_for_test`]): every write fails as on a full disk.
     fail_writes: std::sync::atomic::AtomicBool,
+    /// Bumped after every committed write. Every write to the file goes through this process (redb locks
+    /// it; the CLI goes through the admin socket), so an unchanged generation means unchanged data.
+    generation: AtomicU64,
+    /// Session views read at a generation (see [`RedbStore::session_view`]).
+    views: std::sync::Mutex<ViewCache>,
 }
+
+/// Session views as read at `generation`; any write empties it. Only sessions that exist are kept.
+#[derive(Default)]
+struct ViewCache {
+    generation: u64,
+    map: HashMap<SessionKey, Arc<SessionView>>,
+}
+
+/// At most this many cached session views (a few MiB), then the cache starts over.
+const VIEW_CACHE_MAX: usize = 4096;
 
 impl RedbStore {
     pub(super) fn open(path: &Path, cache_size_bytes: usize) -> Result<RedbStore, StoreError> {
@@ -276,6 +293,8 @@ impl RedbStore {
                 db,
                 path,
                 fail_writes: std::sync::atomic::AtomicBool::new(false),
+                generation: AtomicU64::new(0),
+                views: std::sync::Mutex::new(ViewCache::default()),
             }),
         };
         store
@@ -350,7 +369,11 @@ impl RedbStore {
                 txn.commit()?;
                 Ok(out)
             };
-            run().map_err(|f: Fail| f.into_store(&shared.path))
+            let r = run().map_err(|f: Fail| f.into_store(&shared.path));
+            // After the commit (never before: a read that starts between the two must not be cached as
+            // current).
+            shared.generation.fetch_add(1, Ordering::SeqCst);
+            r
         });
         self.join(task.await)
     }
@@ -780,6 +803,128 @@ impl RedbStore {
                 return Err(StoreError::Conflict(format!("{key:?} already exists")).into());
             }
             sessions.insert(key, &record)
+        })
+        .await
+    }
+
+    pub(super) async fn create_sessions(
+        &self,
+        batch: Vec<(SessionKey, SessionRecord)>,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            let users = txn.open_table(USERS)?;
+            let mut sessions = SessionTables::open(txn)?;
+            let mut known = std::collections::HashSet::new();
+            for (key, record) in &batch {
+                if let Some(uid) = record.user_id()
+                    && !known.contains(&uid)
+                {
+                    if get_user(&users, uid)?.is_none() {
+                        return Err(user_not_found(uid));
+                    }
+                    known.insert(uid);
+                }
+                if sessions.main.get(key.0)?.is_some() {
+                    return Err(StoreError::Conflict(format!("{key:?} already exists")).into());
+                }
+                sessions.insert(*key, record)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The session view, from the cache while nothing was written since it was read (every request reads
+    /// its session: a cache hit is a hash lookup instead of a read transaction and three decoded records).
+    pub(super) fn session_view(
+        &self,
+        key: SessionKey,
+    ) -> Result<Option<Arc<SessionView>>, StoreError> {
+        let lock = || self.shared.views.lock().unwrap_or_else(|p| p.into_inner());
+        // Read the generation before the data: a write that commits in between makes this read stale.
+        let generation = self.shared.generation.load(Ordering::SeqCst);
+        {
+            let cache = lock();
+            if cache.generation == generation
+                && let Some(v) = cache.map.get(&key)
+            {
+                return Ok(Some(v.clone()));
+            }
+        }
+        let Some(view) = self.read_session_view(key)? else {
+            return Ok(None);
+        };
+        let view = Arc::new(view);
+        let mut cache = lock();
+        if cache.generation < generation {
+            cache.map.clear();
+            cache.generation = generation;
+        }
+        if cache.generation == generation {
+            if cache.map.len() >= VIEW_CACHE_MAX {
+                cache.map.clear();
+            }
+            cache.map.insert(key, view.clone());
+        }
+        Ok(Some(view))
+    }
+
+    fn read_session_view(&self, key: SessionKey) -> Result<Option<SessionView>, StoreError> {
+        self.read(|txn| {
+            let Some(record) = get_session(&txn.open_table(SESSIONS)?, key)? else {
+                return Ok(None);
+            };
+            let (user, link) = match record.user_id() {
+                Some(uid) => {
+                    let user = get_user(&txn.open_table(USERS)?, uid)?;
+                    let hs = match &user {
+                        Some(_) => txn
+                            .open_table(LINKS_BY_USER)?
+                            .get(uid.0)?
+                            .map(|g| g.value().to_string()),
+                        None => None,
+                    };
+                    let link = match hs {
+                        Some(hs) => get_link(&txn.open_table(LINKS)?, &hs)?,
+                        None => None,
+                    };
+                    (user, link)
+                }
+                None => (None, None),
+            };
+            Ok(Some(SessionView { record, user, link }))
+        })
+    }
+
+    pub(super) async fn count_live_sessions(&self, now: i64) -> Result<u64, StoreError> {
+        self.read_blocking(move |txn| {
+            let by_expiry = txn.open_table(SESSIONS_BY_EXPIRY)?;
+            let mut n = 0;
+            // Live: `now < expires`, i.e. every key from (now + 1, 0…) on.
+            for row in by_expiry.range((now.saturating_add(1), [0u8; 32])..)? {
+                row?;
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    pub(super) async fn api_key_sessions(&self) -> Result<Vec<(SessionKey, String)>, StoreError> {
+        self.read_blocking(|txn| {
+            let sessions = txn.open_table(SESSIONS)?;
+            let mut out = Vec::new();
+            for row in sessions.range::<[u8; 32]>(..)? {
+                let (k, v) = row?;
+                let key = SessionKey(k.value());
+                // API-key sessions have no `sessions_by_user` row, so the whole table is read, one record
+                // at a time (never all of them in memory at once).
+                let rec: SessionRecord = decode(v.value(), || format!("session {key:?}"))?;
+                if let SessionSubject::ApiKey { prefix, .. } = rec.subject {
+                    out.push((key, prefix));
+                }
+            }
+            Ok(out)
         })
         .await
     }

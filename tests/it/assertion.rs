@@ -186,7 +186,7 @@ fn claims(session: &[u8]) -> AssertionClaims {
         email: Some("alice@example.com".into()),
         name: Some("Alice".into()),
         role: Some("network_admin".into()),
-        caps: vec!["ui_access".into(), "read_network".into()],
+        caps: vec!["ui_access", "read_network"],
         hs_user_id: Some("7".into()),
         hs_user: Some("alice".into()),
         amr: AuthMethod::Oidc,

@@ -11,6 +11,7 @@ mod api_key_login;
 mod assertion;
 mod backchannel;
 mod backup;
+mod bench_bodies;
 mod bridge;
 mod bridge_signals;
 mod browser_e2e;

@@ -1903,3 +1903,110 @@ async fn postgres_over_tls_verifies_the_server_certificate() {
         assert_ne!(rows[0][0].as_deref(), Some("0"));
     }
 }
+
+both!(a_session_view_reads_the_session_its_person_and_their_link_at_once);
+async fn a_session_view_reads_the_session_its_person_and_their_link_at_once(kind: Kind) {
+    let t = Target::new(kind);
+    let s = t.open().await;
+    let alice = s
+        .create_user(new_user("alice"), OwnerBootstrap::Never)
+        .await
+        .unwrap();
+    let bob = s
+        .create_user(new_user("bob"), OwnerBootstrap::Never)
+        .await
+        .unwrap();
+    s.link_if_unclaimed(link("7", alice.id, LinkState::Approved))
+        .await
+        .unwrap();
+    let (ka, kb, kk) = (
+        SessionKey([1; 32]),
+        SessionKey([2; 32]),
+        SessionKey([3; 32]),
+    );
+    // Many sessions in one transaction; a taken key or an unknown user refuses the whole batch.
+    s.create_sessions(vec![
+        (ka, user_session(alice.id, 2_000)),
+        (kb, user_session(bob.id, 2_000)),
+        (kk, api_key_session(900)),
+    ])
+    .await
+    .unwrap();
+    assert!(matches!(
+        s.create_sessions(vec![
+            (SessionKey([4; 32]), user_session(bob.id, 2_000)),
+            (ka, user_session(alice.id, 2_000)),
+        ])
+        .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.create_sessions(vec![(SessionKey([5; 32]), user_session(UserId(99), 2_000))])
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(s.session(&SessionKey([4; 32])).await.unwrap().is_none());
+
+    let v = s.session_view(&ka).await.unwrap().expect("alice's session");
+    assert_eq!(v.record, user_session(alice.id, 2_000));
+    assert_eq!(v.user.as_ref().map(|u| u.id), Some(alice.id));
+    assert_eq!(v.link, Some(link("7", alice.id, LinkState::Approved)));
+    let v = s.session_view(&kb).await.unwrap().expect("bob's session");
+    assert_eq!(
+        (v.user.as_ref().map(|u| u.id), v.link.clone()),
+        (Some(bob.id), None)
+    );
+    // Read again: the same (cached) view; any write makes the next read see the change.
+    let again = s.session_view(&kb).await.unwrap().unwrap();
+    if matches!(kind, Kind::Redb) {
+        assert!(std::sync::Arc::ptr_eq(&v, &again));
+    } else {
+        assert_eq!(v.record, again.record);
+    }
+    s.link_if_unclaimed(link("8", bob.id, LinkState::Pending))
+        .await
+        .unwrap();
+    let after = s.session_view(&kb).await.unwrap().unwrap();
+    assert_eq!(after.link, Some(link("8", bob.id, LinkState::Pending)));
+    let mut bob_admin = after.user.clone().unwrap();
+    bob_admin.role = Role::Admin;
+    s.update_user(&bob_admin).await.unwrap();
+    assert_eq!(
+        s.session_view(&kb)
+            .await
+            .unwrap()
+            .unwrap()
+            .user
+            .as_ref()
+            .map(|u| u.role),
+        Some(Role::Admin)
+    );
+    assert!(s.delete_session(&kb).await.unwrap());
+    assert!(s.session_view(&kb).await.unwrap().is_none());
+    let v = s
+        .session_view(&kk)
+        .await
+        .unwrap()
+        .expect("the API-key session");
+    assert!(v.user.is_none() && v.link.is_none());
+    assert!(
+        s.session_view(&SessionKey([9; 32]))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Counted on the expiry index (bob's session is gone); API-key sessions listed without loading every
+    // record.
+    assert_eq!(s.count_live_sessions(899).await.unwrap(), 2);
+    assert_eq!(s.count_live_sessions(900).await.unwrap(), 1);
+    assert_eq!(s.count_live_sessions(2_000).await.unwrap(), 0);
+    assert_eq!(
+        s.api_key_sessions().await.unwrap(),
+        vec![(kk, "hskey-abc".to_string())]
+    );
+
+    // The test hook fails this read like every other per-request read.
+    s.fail_reads_for_test(true);
+    assert!(s.session_view(&ka).await.is_err());
+}
