@@ -100,7 +100,7 @@ pub enum UsersCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Change a user's role (never to owner: see transfer-ownership; never the owner's).
+    /// Change a user's role (never to owner: see transfer-ownership and make-owner; never the owner's).
     SetRole {
         #[arg(value_name = "USER")]
         user: String,
@@ -125,8 +125,14 @@ pub enum UsersCommand {
         #[arg(value_name = "USER")]
         user: String,
     },
-    /// Make this user the owner; the current owner becomes admin.
+    /// Make this user the owner; the current owner becomes admin. With no owner, see make-owner.
     TransferOwnership {
+        #[arg(value_name = "USER")]
+        user: String,
+    },
+    /// Make this user the owner while there is none (the owner was deleted, or to bootstrap without the
+    /// first-sign-in rule). Refused while someone is owner: ownership then moves only by transfer-ownership.
+    MakeOwner {
         #[arg(value_name = "USER")]
         user: String,
     },
@@ -227,6 +233,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 UsersCommand::TransferOwnership { user } => {
                     (Request::UsersTransferOwnership { user }, false)
                 }
+                UsersCommand::MakeOwner { user } => (Request::UsersMakeOwner { user }, false),
             };
             admin(cli.config.as_deref(), &env, req, json)
         }

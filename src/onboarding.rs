@@ -509,15 +509,14 @@ pub async fn post(app: &App, req: Request<Incoming>) -> Response<Body> {
 }
 
 async fn mark_onboarded(app: &App, user: &User) -> Result<(), StoreError> {
-    // Re-read: the session's copy may be a moment old (a role or link change in between must not be undone).
-    let Some(mut u) = app.store.user(user.id).await? else {
+    // Only the onboarded field, written to the stored record (a role or link change meanwhile stays).
+    if user.onboarded {
         return Ok(());
-    };
-    if !u.onboarded {
-        u.onboarded = true;
-        app.store.update_user(&u).await?;
     }
-    Ok(())
+    match app.store.mark_onboarded(user.id).await {
+        Ok(()) | Err(StoreError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 async fn pick(app: &App, user: &User, hs: &Headscale, id: &str, rd: &str) -> Response<Body> {

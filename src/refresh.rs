@@ -123,18 +123,23 @@ pub async fn refresh_one(app: &App, key: SessionKey) -> Outcome {
     if let Some(c) = &cfg.role_claim {
         let role =
             crate::roles::role_from_claim(claims.get(c), &cfg.role_map).unwrap_or(cfg.default_role);
-        let mut u = user.clone();
-        if u.role != Role::Owner && u.role != role {
-            tracing::info!(
-                user = u.id.0,
-                from = u.role.as_str(),
-                to = role.as_str(),
-                "role changed by the IdP at refresh"
-            );
-            u.role = role;
-            if let Err(err) = app.store.update_user(&u).await {
-                tracing::warn!(error = %err, "session refresh could not store the new role");
-                return Outcome::Failed;
+        // Applied to the role stored now, not to the session's copy (S13; the owner stays owner).
+        if user.role != Role::Owner && user.role != role {
+            match app.store.apply_idp_role(user.id, role).await {
+                Ok(done) => {
+                    if let Some(from) = done.role_changed_from {
+                        tracing::info!(
+                            user = user.id.0,
+                            from = from.as_str(),
+                            to = done.user.role.as_str(),
+                            "role changed by the IdP at refresh"
+                        );
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "session refresh could not store the new role");
+                    return Outcome::Failed;
+                }
             }
         }
     }

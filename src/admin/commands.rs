@@ -48,6 +48,9 @@ pub enum Request {
     UsersTransferOwnership {
         user: String,
     },
+    UsersMakeOwner {
+        user: String,
+    },
     SessionsList,
     /// `target`: a user (id, email, subject) or a session key prefix.
     SessionsRevoke {
@@ -74,6 +77,7 @@ impl Request {
             Request::UsersUnlink { .. } => "unlink",
             Request::UsersApproveLink { .. } => "approve_link",
             Request::UsersTransferOwnership { .. } => "transfer_ownership",
+            Request::UsersMakeOwner { .. } => "make_owner",
             Request::SessionsList => "sessions_list",
             Request::SessionsRevoke { .. } => "revoke_sessions",
             Request::Audit { .. } => "audit_read",
@@ -97,7 +101,8 @@ impl Request {
             | Request::UsersLink { user, .. }
             | Request::UsersUnlink { user }
             | Request::UsersApproveLink { user }
-            | Request::UsersTransferOwnership { user } => user.clone(),
+            | Request::UsersTransferOwnership { user }
+            | Request::UsersMakeOwner { user } => user.clone(),
             Request::SessionsRevoke { target } => target.clone(),
             Request::Backup { path } => path.clone(),
             _ => String::new(),
@@ -333,6 +338,15 @@ async fn run(ctx: &Context, actor: &Actor, now: i64, req: Request) -> Result<Out
             ops::transfer_ownership(store, actor, u.id, now).await?;
             done(format!(
                 "user {} ({}) is now the owner; the previous owner is admin",
+                u.id,
+                label(&u)
+            ))
+        }
+        Request::UsersMakeOwner { user } => {
+            let u = ops::resolve_user(store, &user).await?;
+            let u = ops::make_owner(store, actor, u.id, now).await?;
+            done(format!(
+                "user {} ({}) is now the owner (there was none)",
                 u.id,
                 label(&u)
             ))

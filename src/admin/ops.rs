@@ -8,7 +8,8 @@ use std::fmt;
 use crate::headscale::User as HsUser;
 use crate::roles::{Caps, caps};
 use crate::store::{
-    Link, LinkOutcome, LinkState, NewAuditEvent, Role, SessionKey, Store, StoreError, User, UserId,
+    Link, LinkOutcome, LinkState, NewAuditEvent, OwnerClaim, Role, SessionKey, Store, StoreError,
+    User, UserId,
 };
 
 /// Who asks for a change.
@@ -168,10 +169,13 @@ pub async fn set_role(
     need(actor, Caps::WRITE_USERS)?;
     if role == Role::Owner {
         return Err(OpError::Refused(
-            "owner cannot be assigned: the owner transfers ownership instead".into(),
+            "owner cannot be assigned by a role change: the owner transfers ownership instead \
+             (headgate users transfer-ownership); while there is no owner, the local operator runs \
+             headgate users make-owner <user>"
+                .into(),
         ));
     }
-    let mut u = load(store, target).await?;
+    let u = load(store, target).await?;
     if u.role == Role::Owner {
         return Err(OpError::Refused(
             "the owner's role cannot be changed: transfer ownership first".into(),
@@ -206,8 +210,9 @@ pub async fn set_role(
         }
     }
     let from = u.role;
-    u.role = role;
-    store.update_user(&u).await?;
+    // Decided on the stored record: the rights above were checked against `from`, so the change applies
+    // only while the role still is `from` (a change made meanwhile refuses it, nothing is overwritten).
+    let u = store.set_role(target, role, Some(from)).await?;
     audit(
         store,
         now,
@@ -237,7 +242,13 @@ pub async fn transfer_ownership(
         .await?
         .into_iter()
         .find(|u| u.role == Role::Owner)
-        .ok_or_else(|| OpError::Refused("there is no owner to transfer from".into()))?;
+        .ok_or_else(|| {
+            OpError::Refused(
+                "there is no owner to transfer from: make this user the owner with \
+                 headgate users make-owner <user>"
+                    .into(),
+            )
+        })?;
     if owner.id == to {
         return Err(OpError::Refused("that user is already the owner".into()));
     }
@@ -252,6 +263,54 @@ pub async fn transfer_ownership(
         format!("from user {}", owner.id.0),
     )
     .await
+}
+
+/// Make `to` the owner while nobody is (the owner was deleted, or to bootstrap without the first-sign-in
+/// rule): only the local operator, and "exactly one owner" is decided by the store in one write transaction.
+/// With an owner, refused naming them (ownership moves only by the owner's transfer).
+pub async fn make_owner(
+    store: &Store,
+    actor: &Actor,
+    to: UserId,
+    now: i64,
+) -> Result<User, OpError> {
+    if !matches!(actor, Actor::Operator { .. }) {
+        return Err(OpError::Forbidden(
+            "only the local operator (headgate users make-owner) makes an owner while there is none; \
+             with an owner, the owner transfers ownership"
+                .into(),
+        ));
+    }
+    match store.make_owner_if_none(to).await? {
+        OwnerClaim::Made(u) => {
+            audit(
+                store,
+                now,
+                actor,
+                "make_owner",
+                format!("user {}", u.id.0),
+                "there was no owner".into(),
+            )
+            .await?;
+            Ok(u)
+        }
+        OwnerClaim::Taken(owner) if owner.id == to => Err(OpError::Refused(format!(
+            "user {} ({}) is already the owner: nothing to do",
+            owner.id,
+            user_label(&owner)
+        ))),
+        OwnerClaim::Taken(owner) => Err(OpError::Refused(format!(
+            "user {} ({}) is the owner, and there is only one: ownership moves only by a transfer \
+             (headgate users transfer-ownership <user>, which makes the current owner an admin)",
+            owner.id,
+            user_label(&owner)
+        ))),
+    }
+}
+
+/// How a person is named in messages: their email, else their IdP subject.
+fn user_label(u: &User) -> String {
+    crate::logging::escape(u.email.as_deref().unwrap_or(&u.subject)).into_owned()
 }
 
 /// Approve a pending self-link.

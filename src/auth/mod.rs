@@ -15,7 +15,7 @@ use crate::pages;
 use crate::respond;
 use crate::session::{Lookup, VerifiedSession};
 use crate::store::{
-    NewUser, OwnerBootstrap, OwnerIdentity, Role, SessionRecord, SessionSubject, StoreError,
+    NewUser, OwnerBootstrap, OwnerIdentity, Role, SessionRecord, SessionSubject, SignIn, StoreError,
 };
 
 /// Longest query string headgate parses on its own endpoints.
@@ -414,27 +414,33 @@ async fn upsert_user(
         .trusted_email(cfg)
         .map(str::to_string)
         .or_else(|| who.email.clone());
-    if let Some(mut u) = app.store.user_by_subject(&who.subject).await? {
-        u.email = email;
-        u.email_verified = who.email_verified;
-        u.name = who.name.clone();
-        u.picture = who.picture.clone();
-        u.last_login = now;
-        // S13: with a role claim the IdP owns the role (the owner stays owner).
-        if let Some(r) = claim_role
-            && u.role != Role::Owner
-            && u.role != r
-        {
+    if let Some(u) = app.store.user_by_subject(&who.subject).await? {
+        // Only the sign-in's own fields are written, to the record as stored at the write (one transaction):
+        // a role change made since the read above (an admin's demotion) stays. S13: with a role claim the
+        // IdP's role applies to that stored role (the owner stays owner).
+        let signed = app
+            .store
+            .record_sign_in(
+                u.id,
+                SignIn {
+                    email,
+                    email_verified: who.email_verified,
+                    name: who.name.clone(),
+                    picture: who.picture.clone(),
+                    at: now,
+                    role_from_idp: claim_role,
+                },
+            )
+            .await?;
+        if let Some(from) = signed.role_changed_from {
             tracing::info!(
                 user = u.id.0,
-                from = u.role.as_str(),
-                to = r.as_str(),
+                from = from.as_str(),
+                to = signed.user.role.as_str(),
                 "role changed by the IdP's role claim"
             );
-            u.role = r;
         }
-        app.store.update_user(&u).await?;
-        return Ok(u);
+        return Ok(signed.user);
     }
     let bootstrap = match &app.config.server.initial_owner {
         Some(o) => OwnerBootstrap::Only(OwnerIdentity::EmailOrSubject(o.clone())),

@@ -24,9 +24,9 @@ mod redb;
 pub use postgres::{CACHE_LIFETIME, check_postgres_url, load_ca_file, probe_postgres};
 
 pub use records::{
-    AuditEvent, Link, LinkOutcome, LinkState, NewAuditEvent, NewUser, OwnerBootstrap,
-    OwnerIdentity, Role, SessionKey, SessionRecord, SessionSubject, SigningKey, SigningKeyState,
-    User, UserId,
+    AuditEvent, Link, LinkOutcome, LinkState, NewAuditEvent, NewUser, OwnerBootstrap, OwnerClaim,
+    OwnerIdentity, Role, SessionKey, SessionRecord, SessionSubject, SignIn, SignedIn, SigningKey,
+    SigningKeyState, User, UserId,
 };
 
 use std::path::{Path, PathBuf};
@@ -348,12 +348,61 @@ impl Store {
         dispatch!(self.users())
     }
 
-    /// Write `user` (found by its id). The subject cannot change, and `headscale_user_id` is kept as stored
-    /// (links decide it). Ownership: making a user owner while another user is owner, or taking the owner
-    /// role away (use [`Store::transfer_ownership`]), is a [`StoreError::Conflict`]; making a user owner
+    /// Write `user` (found by its id) as a whole. The subject cannot change, and `headscale_user_id` is kept
+    /// as stored (links decide it). Ownership: making a user owner while another user is owner, or taking the
+    /// owner role away (use [`Store::transfer_ownership`]), is a [`StoreError::Conflict`]; making a user owner
     /// while nobody is (the owner was deleted) is allowed and sets the bootstrapped marker.
+    ///
+    /// Every field is overwritten with the caller's copy, so a change made since that copy was read is lost:
+    /// this is for tools and tests that own the record. Request paths use the field-level writes instead
+    /// ([`Store::record_sign_in`], [`Store::apply_idp_role`], [`Store::set_role`], [`Store::mark_onboarded`],
+    /// [`Store::make_owner_if_none`]), each decided on the stored record inside one write transaction.
     pub async fn update_user(&self, user: &User) -> Result<(), StoreError> {
         let r = dispatch!(self.update_user(user.clone()));
+        self.signal_change(r)
+    }
+
+    /// A sign-in of an existing user: writes only the sign-in fields and the IdP's role (see [`SignIn`]) to
+    /// the record as stored now, in one write transaction. Unknown user → NotFound.
+    pub async fn record_sign_in(&self, id: UserId, s: SignIn) -> Result<SignedIn, StoreError> {
+        let r = dispatch!(self.record_sign_in(id, s));
+        self.signal_change(r)
+    }
+
+    /// The IdP's role claim at a session refresh (S13): applied to the role stored now (the owner stays
+    /// owner; `owner` never comes from a claim), in one write transaction. Unknown user → NotFound.
+    pub async fn apply_idp_role(&self, id: UserId, role: Role) -> Result<SignedIn, StoreError> {
+        let r = dispatch!(self.apply_idp_role(id, role));
+        self.signal_change(r)
+    }
+
+    /// An administrator's role change, decided on the stored record inside one write transaction: `owner`
+    /// is never given this way, the owner's role never changes (transfer ownership), and with `expected`
+    /// the change applies only while the stored role still is `expected` (the role the caller's rights were
+    /// checked against); otherwise [`StoreError::Conflict`] and nothing changes. Unknown user → NotFound.
+    /// Returns the user as stored after the write.
+    pub async fn set_role(
+        &self,
+        id: UserId,
+        role: Role,
+        expected: Option<Role>,
+    ) -> Result<User, StoreError> {
+        let r = dispatch!(self.set_role(id, role, expected));
+        self.signal_change(r)
+    }
+
+    /// Mark the user as done with onboarding (only that field). Unknown user → NotFound.
+    pub async fn mark_onboarded(&self, id: UserId) -> Result<(), StoreError> {
+        let r = dispatch!(self.mark_onboarded(id));
+        self.signal_change(r)
+    }
+
+    /// Make `id` the owner if, and only if, nobody is (decided in one write transaction with the
+    /// bootstrapped marker, which it sets): for the local operator after the owner was deleted, or to
+    /// bootstrap without the first-sign-in rule. Someone being owner already → [`OwnerClaim::Taken`] with
+    /// them, nothing changed. Unknown user → NotFound.
+    pub async fn make_owner_if_none(&self, id: UserId) -> Result<OwnerClaim, StoreError> {
+        let r = dispatch!(self.make_owner_if_none(id));
         self.signal_change(r)
     }
 

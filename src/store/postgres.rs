@@ -1051,6 +1051,125 @@ impl PgStore {
         Ok(())
     }
 
+    /// Read the stored user under a row lock, change it with `f`, write it back: one transaction, so a write
+    /// made meanwhile by another replica or task is seen, never overwritten. `f` runs again when the
+    /// transaction is retried.
+    async fn modify_user<T, F>(&self, uid: UserId, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(&mut User) -> Result<T, StoreError>,
+    {
+        let out = transaction!(self, t => {
+            let row = t
+                .query_opt(
+                    "SELECT v, record FROM headgate_users WHERE id = $1 FOR UPDATE",
+                    &[&id(uid.0)],
+                )
+                .await?
+                .ok_or_else(|| user_not_found(uid))?;
+            let mut user: User = decode(&row, || format!("user {uid}"))?;
+            let out = f(&mut user)?;
+            t.execute(
+                "UPDATE headgate_users SET role = $2, v = $3, record = $4 WHERE id = $1",
+                &[&id(uid.0), &user.role.as_str(), &RECORD_V1, &Json(&user)],
+            )
+            .await?;
+            notify(&t, &[user_tag(&uid)]).await?;
+            Ok(out)
+        })?;
+        self.invalidated(&[user_tag(&uid)]);
+        Ok(out)
+    }
+
+    pub(super) async fn record_sign_in(
+        &self,
+        uid: UserId,
+        s: SignIn,
+    ) -> Result<SignedIn, StoreError> {
+        self.modify_user(uid, |u| {
+            let role_changed_from = u.apply_sign_in(s.clone());
+            Ok(SignedIn {
+                user: u.clone(),
+                role_changed_from,
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn apply_idp_role(
+        &self,
+        uid: UserId,
+        role: Role,
+    ) -> Result<SignedIn, StoreError> {
+        self.modify_user(uid, |u| {
+            let role_changed_from = u.apply_idp_role(role);
+            Ok(SignedIn {
+                user: u.clone(),
+                role_changed_from,
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn set_role(
+        &self,
+        uid: UserId,
+        role: Role,
+        expected: Option<Role>,
+    ) -> Result<User, StoreError> {
+        self.modify_user(uid, |u| {
+            u.check_role_change(role, expected)?;
+            u.role = role;
+            Ok(u.clone())
+        })
+        .await
+    }
+
+    pub(super) async fn mark_onboarded(&self, uid: UserId) -> Result<(), StoreError> {
+        self.modify_user(uid, |u| {
+            u.onboarded = true;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn make_owner_if_none(&self, uid: UserId) -> Result<OwnerClaim, StoreError> {
+        let claim = transaction!(self, t => {
+            // The marker's row lock serialises every owner decision (as in create_user and update_user); the
+            // one-owner index stays the last word.
+            t.execute("SELECT 1 FROM headgate_meta WHERE key = 'bootstrapped' FOR UPDATE", &[])
+                .await?;
+            let row = t
+                .query_opt(
+                    "SELECT v, record FROM headgate_users WHERE id = $1 FOR UPDATE",
+                    &[&id(uid.0)],
+                )
+                .await?
+                .ok_or_else(|| user_not_found(uid))?;
+            let mut user: User = decode(&row, || format!("user {uid}"))?;
+            if let Some(r) = t
+                .query_opt("SELECT id, v, record FROM headgate_users WHERE role = 'owner'", &[])
+                .await?
+            {
+                let owner: User = decode(&r, || format!("user {}", r.get::<_, i64>("id")))?;
+                return Ok(OwnerClaim::Taken(owner));
+            }
+            user.role = Role::Owner;
+            t.execute(
+                "UPDATE headgate_users SET role = $2, v = $3, record = $4 WHERE id = $1",
+                &[&id(uid.0), &user.role.as_str(), &RECORD_V1, &Json(&user)],
+            )
+            .await?;
+            t.execute("UPDATE headgate_meta SET value = 1 WHERE key = 'bootstrapped'", &[])
+                .await?;
+            notify(&t, &[user_tag(&uid)]).await?;
+            Ok(OwnerClaim::Made(user))
+        })?;
+        if let OwnerClaim::Made(_) = claim {
+            self.invalidated(&[user_tag(&uid)]);
+        }
+        Ok(claim)
+    }
+
     pub(super) async fn delete_user(&self, uid: UserId) -> Result<(), StoreError> {
         let tags = transaction!(self, t => {
             let rows = t

@@ -566,3 +566,94 @@ mod tests {
         assert!(!any.matches("other", Some("X@Y"), false));
     }
 }
+
+/// What a sign-in of an existing user writes: the fields the IdP tells at every sign-in, and the time. Written
+/// field by field inside one write transaction ([`crate::store::Store::record_sign_in`]), never as a whole
+/// record read before: a role change made meanwhile (an admin's demotion) is never undone by a sign-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignIn {
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub name: Option<String>,
+    pub picture: Option<String>,
+    /// Unix seconds; becomes `last_login`.
+    pub at: i64,
+    /// The role the IdP's role claim decides (`oidc.role_claim`, S13), if it is configured. It is applied to the
+    /// role stored at the time of the write (never to a copy read earlier); the owner keeps the owner role, and
+    /// `owner` itself never comes from a claim (ignored).
+    pub role_from_idp: Option<Role>,
+}
+
+/// What [`crate::store::Store::record_sign_in`] (or [`crate::store::Store::apply_idp_role`]) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedIn {
+    /// The user as stored after the write.
+    pub user: User,
+    /// The role the IdP's role claim replaced, when it changed it.
+    pub role_changed_from: Option<Role>,
+}
+
+/// What [`crate::store::Store::make_owner_if_none`] decided (inside one write transaction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerClaim {
+    /// Nobody was owner: this user now is (the bootstrapped marker is set).
+    Made(User),
+    /// Someone is owner already (possibly this very user): nothing changed.
+    Taken(User),
+}
+
+impl User {
+    /// Apply the IdP's role (S13) to this stored record: the owner stays owner and `owner` never comes from a
+    /// claim. Returns the replaced role when it changed.
+    pub(crate) fn apply_idp_role(&mut self, role: Role) -> Option<Role> {
+        if role == Role::Owner || self.role == Role::Owner || self.role == role {
+            return None;
+        }
+        Some(std::mem::replace(&mut self.role, role))
+    }
+
+    /// Apply a sign-in to this stored record (see [`SignIn`]).
+    pub(crate) fn apply_sign_in(&mut self, s: SignIn) -> Option<Role> {
+        self.email = s.email;
+        self.email_verified = s.email_verified;
+        self.name = s.name;
+        self.picture = s.picture;
+        self.last_login = s.at;
+        s.role_from_idp.and_then(|r| self.apply_idp_role(r))
+    }
+
+    /// Whether an administrator's role change to `role` may apply to this stored record, `expected` being the
+    /// role the administrator saw (and their rights were checked against). Checked inside the write
+    /// transaction.
+    pub(crate) fn check_role_change(
+        &self,
+        role: Role,
+        expected: Option<Role>,
+    ) -> Result<(), crate::store::StoreError> {
+        use crate::store::StoreError::Conflict;
+        if role == Role::Owner {
+            return Err(Conflict(
+                "owner is never given by a role change: the owner transfers ownership \
+                 (headgate users transfer-ownership), and while there is no owner the local operator runs \
+                 headgate users make-owner"
+                    .into(),
+            ));
+        }
+        if self.role == Role::Owner {
+            return Err(Conflict(format!(
+                "user {} is the owner: the owner's role cannot be changed; transfer ownership to someone else first",
+                self.id
+            )));
+        }
+        if let Some(e) = expected
+            && e != self.role
+        {
+            return Err(Conflict(format!(
+                "user {}'s role was changed to {} meanwhile (it was {e} when this change was asked): \
+                 look at the user again and retry",
+                self.id, self.role
+            )));
+        }
+        Ok(())
+    }
+}

@@ -609,6 +609,93 @@ impl RedbStore {
         .await
     }
 
+    /// Read the stored user, change it with `f`, write it back: all inside one write transaction (redb
+    /// runs one at a time), so nothing written meanwhile is lost.
+    async fn modify_user<T, F>(&self, id: UserId, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut User) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write(move |txn| {
+            let mut users = txn.open_table(USERS)?;
+            let mut user = get_user(&users, id)?.ok_or_else(|| user_not_found(id))?;
+            let out = f(&mut user)?;
+            users.insert(id.0, encode(&user).as_slice())?;
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn record_sign_in(
+        &self,
+        id: UserId,
+        s: SignIn,
+    ) -> Result<SignedIn, StoreError> {
+        self.modify_user(id, move |u| {
+            let role_changed_from = u.apply_sign_in(s);
+            Ok(SignedIn {
+                user: u.clone(),
+                role_changed_from,
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn apply_idp_role(
+        &self,
+        id: UserId,
+        role: Role,
+    ) -> Result<SignedIn, StoreError> {
+        self.modify_user(id, move |u| {
+            let role_changed_from = u.apply_idp_role(role);
+            Ok(SignedIn {
+                user: u.clone(),
+                role_changed_from,
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn set_role(
+        &self,
+        id: UserId,
+        role: Role,
+        expected: Option<Role>,
+    ) -> Result<User, StoreError> {
+        self.modify_user(id, move |u| {
+            u.check_role_change(role, expected)?;
+            u.role = role;
+            Ok(u.clone())
+        })
+        .await
+    }
+
+    pub(super) async fn mark_onboarded(&self, id: UserId) -> Result<(), StoreError> {
+        self.modify_user(id, |u| {
+            u.onboarded = true;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn make_owner_if_none(&self, id: UserId) -> Result<OwnerClaim, StoreError> {
+        self.write(move |txn| {
+            let mut users = txn.open_table(USERS)?;
+            let mut user = get_user(&users, id)?.ok_or_else(|| user_not_found(id))?;
+            if let Some(owner) = all_users(&users)?
+                .into_iter()
+                .find(|u| u.role == Role::Owner)
+            {
+                return Ok(OwnerClaim::Taken(owner));
+            }
+            user.role = Role::Owner;
+            users.insert(id.0, encode(&user).as_slice())?;
+            txn.open_table(META)?.insert(META_BOOTSTRAPPED, 1)?;
+            Ok(OwnerClaim::Made(user))
+        })
+        .await
+    }
+
     pub(super) async fn delete_user(&self, id: UserId) -> Result<(), StoreError> {
         self.write(move |txn| {
             let user = {

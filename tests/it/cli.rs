@@ -762,3 +762,121 @@ async fn the_wire_protocol_refuses_malformed_requests() {
     let carol = store.user_by_subject("c-sub").await.unwrap().unwrap();
     assert_eq!(carol.role, Role::Member);
 }
+
+#[tokio::test]
+async fn make_owner_only_while_there_is_none() {
+    let cfg = HeadgateConfig::new();
+    let (owner, carol, _dave) = seeded_store(&cfg).await;
+    let me = own_uid().unwrap();
+
+    // With an owner (store opened directly): refused, naming the owner; nothing changes.
+    let err = refused(
+        &cfg,
+        &["users", "make-owner", "carol@example.com"],
+        &format!("user {owner} (owner@example.com) is the owner, and there is only one"),
+    );
+    assert!(err.contains("transfer-ownership"), "{err}");
+    refused(
+        &cfg,
+        &["users", "make-owner", "owner@example.com"],
+        "already the owner",
+    );
+    refused(
+        &cfg,
+        &["users", "make-owner", "nobody@example.com"],
+        "no user",
+    );
+    let list = json(&cfg, &["users", "list", "--json"]);
+    assert_eq!(user(&list, "carol@example.com")["role"], "member");
+    assert_eq!(user(&list, "owner@example.com")["role"], "owner");
+
+    // The owner's account deleted: transfer has nobody to transfer from and says what to do instead.
+    {
+        let store = Store::open_redb(&cfg.data_path().join("headgate.redb"), 1 << 20).unwrap();
+        store.delete_user(owner).await.unwrap();
+    }
+    refused(
+        &cfg,
+        &["users", "transfer-ownership", "carol@example.com"],
+        "headgate users make-owner",
+    );
+    let out = ok(&cfg, &["users", "make-owner", "carol@example.com"]);
+    assert!(
+        out.contains(&format!(
+            "user {carol} (carol@example.com) is now the owner"
+        )),
+        "{out}"
+    );
+    refused(
+        &cfg,
+        &["users", "make-owner", "dave@example.com"],
+        &format!("user {carol} (carol@example.com) is the owner"),
+    );
+
+    // Through the running server's socket: the same rules.
+    let hg = cfg.start();
+    let cfg = &hg.config;
+    refused(
+        cfg,
+        &["users", "make-owner", "d-sub"],
+        &format!("user {carol} (carol@example.com) is the owner"),
+    );
+    let list = json(cfg, &["users", "list", "--json"]);
+    assert_eq!(user(&list, "carol@example.com")["role"], "owner");
+    assert_eq!(user(&list, "dave@example.com")["role"], "member");
+    let audit = json(cfg, &["audit", "--json"]);
+    for action in ["make_owner", "make_owner_refused"] {
+        assert!(audit_has(&audit, action, me), "{action}: {audit:#}");
+    }
+    stop(hg);
+}
+
+#[tokio::test]
+async fn make_owner_through_the_socket_when_nobody_ever_was_owner() {
+    // People in the store, none of them owner (bootstrap without the first-sign-in rule).
+    let cfg = HeadgateConfig::new();
+    let data = cfg.data_path();
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&data)
+        .unwrap();
+    {
+        let store = Store::open_redb(&data.join("headgate.redb"), 1 << 20).unwrap();
+        for sub in ["a", "b"] {
+            let u = store
+                .create_user(
+                    NewUser {
+                        subject: format!("{sub}-sub"),
+                        email: Some(format!("{sub}@example.com")),
+                        email_verified: true,
+                        name: None,
+                        picture: None,
+                        role: Role::Member,
+                        onboarded: true,
+                        created: now(),
+                    },
+                    OwnerBootstrap::Never,
+                )
+                .await
+                .unwrap();
+            assert_eq!(u.role, Role::Member);
+        }
+        assert!(!store.is_bootstrapped().await.unwrap());
+    }
+    let hg = cfg.start();
+    let cfg = &hg.config;
+    let out = ok(cfg, &["users", "make-owner", "b@example.com"]);
+    assert!(out.contains("(b@example.com) is now the owner"), "{out}");
+    refused(
+        cfg,
+        &["users", "make-owner", "a@example.com"],
+        "(b@example.com) is the owner, and there is only one",
+    );
+    let list = json(cfg, &["users", "list", "--json"]);
+    assert_eq!(user(&list, "b@example.com")["role"], "owner");
+    assert_eq!(user(&list, "a@example.com")["role"], "member");
+    let config = stop(hg);
+    let store = Store::open_redb(&config.data_path().join("headgate.redb"), 1 << 20).unwrap();
+    assert!(store.is_bootstrapped().await.unwrap(), "the marker is set");
+}

@@ -2010,3 +2010,362 @@ async fn a_session_view_reads_the_session_its_person_and_their_link_at_once(kind
     s.fail_reads_for_test(true);
     assert!(s.session_view(&ka).await.is_err());
 }
+
+/// Another replica on the same database for PostgreSQL; the same store for redb (one process per file).
+async fn replica(t: &Target, s: &Store) -> Store {
+    match t.kind {
+        Kind::Postgres => t.open().await,
+        Kind::Redb => s.clone(),
+    }
+}
+
+/// The sign-in's write of an existing user, given the copy it read first (as `auth::upsert_user` does).
+/// Before the fix this was `update_user` of the read copy with the new fields, which fails the test below.
+async fn sign_in_write(s: &Store, read: &User, name: &str, at: i64) -> User {
+    let done = s
+        .record_sign_in(
+            read.id,
+            SignIn {
+                email: read.email.clone(),
+                email_verified: read.email_verified,
+                name: Some(name.into()),
+                picture: read.picture.clone(),
+                at,
+                role_from_idp: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.role_changed_from, None);
+    assert_eq!(s.user(read.id).await.unwrap().unwrap(), done.user);
+    done.user
+}
+
+both!(a_sign_in_never_undoes_a_role_change_made_meanwhile);
+async fn a_sign_in_never_undoes_a_role_change_made_meanwhile(kind: Kind) {
+    let t = Target::new(kind);
+    let s = t.open().await;
+    let admin_side = &replica(&t, &s).await;
+    s.create_user(new_user("owner"), OwnerBootstrap::FirstUser)
+        .await
+        .unwrap();
+    let alice = s
+        .create_user(
+            NewUser {
+                role: Role::Admin,
+                ..new_user("alice")
+            },
+            OwnerBootstrap::FirstUser,
+        )
+        .await
+        .unwrap();
+    // 1. Alice's sign-in reads her record (still admin).
+    let read = s.user_by_subject("alice").await.unwrap().unwrap();
+    assert_eq!(read.role, Role::Admin);
+    // 2. Meanwhile an admin demotes her.
+    let demoted = admin_side
+        .set_role(alice.id, Role::Viewer, Some(Role::Admin))
+        .await
+        .unwrap();
+    assert_eq!(demoted.role, Role::Viewer);
+    // 3. The sign-in writes what it came for.
+    let after = sign_in_write(&s, &read, "Alice Renamed", 5_000).await;
+    assert_eq!(after.role, Role::Viewer, "the sign-in undid the demotion");
+    assert_eq!(after.name.as_deref(), Some("Alice Renamed"));
+    assert_eq!(after.last_login, 5_000);
+    for h in [&s, admin_side] {
+        let u = h.user(alice.id).await.unwrap().unwrap();
+        assert_eq!((u.role, u.last_login), (Role::Viewer, 5_000));
+    }
+}
+
+both!(the_idp_role_applies_to_the_role_stored_at_the_write);
+async fn the_idp_role_applies_to_the_role_stored_at_the_write(kind: Kind) {
+    let t = Target::new(kind);
+    let s = t.open().await;
+    let owner = s
+        .create_user(new_user("owner"), OwnerBootstrap::FirstUser)
+        .await
+        .unwrap();
+    let bob = s
+        .create_user(new_user("bob"), OwnerBootstrap::Never)
+        .await
+        .unwrap();
+    let sign_in = |role_from_idp, at| SignIn {
+        email: Some("bob@new.example.com".into()),
+        email_verified: true,
+        name: Some("Bob".into()),
+        picture: Some("https://pics.example.com/bob".into()),
+        at,
+        role_from_idp,
+    };
+    // The claim's role applies, and says what it replaced.
+    let done = s
+        .record_sign_in(bob.id, sign_in(Some(Role::Auditor), 2_000))
+        .await
+        .unwrap();
+    assert_eq!(done.role_changed_from, Some(Role::Member));
+    assert_eq!(done.user.role, Role::Auditor);
+    assert_eq!(done.user.email.as_deref(), Some("bob@new.example.com"));
+    assert_eq!(
+        done.user.picture.as_deref(),
+        Some("https://pics.example.com/bob")
+    );
+    assert_eq!(done.user.created, 1_000, "only the sign-in's fields change");
+    assert_eq!(s.user(bob.id).await.unwrap().unwrap(), done.user);
+    // The same role again: nothing to report.
+    let done = s
+        .record_sign_in(bob.id, sign_in(Some(Role::Auditor), 2_100))
+        .await
+        .unwrap();
+    assert_eq!(done.role_changed_from, None);
+    // No claim configured: the stored role stays whatever it is.
+    s.set_role(bob.id, Role::Viewer, None).await.unwrap();
+    let done = s
+        .record_sign_in(bob.id, sign_in(None, 2_200))
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.user.role, done.role_changed_from),
+        (Role::Viewer, None)
+    );
+
+    // Bob's sign-in read him as a member of staff; ownership moved to him meanwhile: the claim's role is
+    // applied to what is stored at the write, and the owner stays owner.
+    let read = s.user_by_subject("bob").await.unwrap().unwrap();
+    assert_eq!(read.role, Role::Viewer);
+    s.transfer_ownership(owner.id, bob.id).await.unwrap();
+    let done = s
+        .record_sign_in(read.id, sign_in(Some(Role::Member), 2_300))
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.user.role, done.role_changed_from),
+        (Role::Owner, None)
+    );
+    // Owner never comes from a claim (the store ignores it even if a caller passed it).
+    let done = s
+        .record_sign_in(owner.id, sign_in(Some(Role::Owner), 2_400))
+        .await
+        .unwrap();
+    assert_eq!(done.user.role, Role::Admin);
+    // The refresh path: the same rule, role only.
+    let done = s.apply_idp_role(owner.id, Role::Viewer).await.unwrap();
+    assert_eq!(
+        (done.user.role, done.role_changed_from),
+        (Role::Viewer, Some(Role::Admin))
+    );
+    assert_eq!(done.user.last_login, 2_400);
+    let done = s.apply_idp_role(bob.id, Role::Viewer).await.unwrap();
+    assert_eq!(
+        (done.user.role, done.role_changed_from),
+        (Role::Owner, None)
+    );
+
+    let gone = UserId(999);
+    for e in [
+        s.record_sign_in(gone, sign_in(None, 1)).await.unwrap_err(),
+        s.apply_idp_role(gone, Role::Viewer).await.unwrap_err(),
+        s.set_role(gone, Role::Viewer, None).await.unwrap_err(),
+        s.mark_onboarded(gone).await.unwrap_err(),
+        s.make_owner_if_none(gone).await.unwrap_err(),
+    ] {
+        assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    }
+}
+
+both!(a_role_change_is_decided_on_the_stored_role);
+async fn a_role_change_is_decided_on_the_stored_role(kind: Kind) {
+    let t = Target::new(kind);
+    let s = t.open().await;
+    let owner = s
+        .create_user(new_user("owner"), OwnerBootstrap::FirstUser)
+        .await
+        .unwrap();
+    let carol = s
+        .create_user(new_user("carol"), OwnerBootstrap::Never)
+        .await
+        .unwrap();
+    let msg = |e: StoreError| match e {
+        StoreError::Conflict(m) => m,
+        other => panic!("not a conflict: {other:?}"),
+    };
+    // The caller saw carol as a member; someone made her an admin meanwhile: refused, nothing changes.
+    s.set_role(carol.id, Role::Admin, Some(Role::Member))
+        .await
+        .unwrap();
+    let m = msg(s
+        .set_role(carol.id, Role::Viewer, Some(Role::Member))
+        .await
+        .unwrap_err());
+    assert!(
+        m.contains("changed to admin meanwhile") && m.contains("retry"),
+        "{m}"
+    );
+    assert_eq!(s.user(carol.id).await.unwrap().unwrap().role, Role::Admin);
+    // Owner is never given by a role change, and the owner's role never changes this way.
+    let m = msg(s.set_role(carol.id, Role::Owner, None).await.unwrap_err());
+    assert!(
+        m.contains("make-owner") && m.contains("transfer-ownership"),
+        "{m}"
+    );
+    let m = msg(s.set_role(owner.id, Role::Admin, None).await.unwrap_err());
+    assert!(m.contains("is the owner"), "{m}");
+    let m = msg(s
+        .set_role(owner.id, Role::Admin, Some(Role::Owner))
+        .await
+        .unwrap_err());
+    assert!(m.contains("is the owner"), "{m}");
+    // A change leaves the sign-in's fields as they are stored; onboarding touches only its field.
+    s.record_sign_in(
+        carol.id,
+        SignIn {
+            email: None,
+            email_verified: false,
+            name: Some("Carol C.".into()),
+            picture: None,
+            at: 3_000,
+            role_from_idp: None,
+        },
+    )
+    .await
+    .unwrap();
+    let u = s
+        .set_role(carol.id, Role::Auditor, Some(Role::Admin))
+        .await
+        .unwrap();
+    assert_eq!(
+        (u.role, u.name.as_deref(), u.last_login),
+        (Role::Auditor, Some("Carol C."), 3_000)
+    );
+    s.mark_onboarded(carol.id).await.unwrap();
+    let u = s.user(carol.id).await.unwrap().unwrap();
+    assert!(u.onboarded);
+    assert_eq!((u.role, u.last_login), (Role::Auditor, 3_000));
+}
+
+both!(concurrent_sign_ins_never_undo_role_changes);
+async fn concurrent_sign_ins_never_undo_role_changes(kind: Kind) {
+    let t = Target::new(kind);
+    let s = t.open().await;
+    let other = replica(&t, &s).await;
+    s.create_user(new_user("owner"), OwnerBootstrap::FirstUser)
+        .await
+        .unwrap();
+    let dan = s
+        .create_user(new_user("dan"), OwnerBootstrap::Never)
+        .await
+        .unwrap();
+    // Eight tabs sign in over and over (each reading first, as the sign-in does) while an admin on the other
+    // handle walks dan's role through a sequence, each change expecting the previous one.
+    let signers: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for n in 0..15 {
+                    let read = s.user_by_subject("dan").await.unwrap().unwrap();
+                    let at = 10_000 + i * 100 + n;
+                    s.record_sign_in(
+                        read.id,
+                        SignIn {
+                            email: read.email.clone(),
+                            email_verified: true,
+                            name: Some(format!("dan via tab {i}")),
+                            picture: None,
+                            at,
+                            role_from_idp: None,
+                        },
+                    )
+                    .await
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    let walk = [Role::Viewer, Role::Auditor, Role::ItAdmin, Role::Admin];
+    let mut prev = Role::Member;
+    for n in 0..24 {
+        let next = walk[n % walk.len()];
+        let u = other.set_role(dan.id, next, Some(prev)).await.unwrap();
+        assert_eq!(u.role, next);
+        prev = next;
+        tokio::task::yield_now().await;
+    }
+    for h in signers {
+        h.await.unwrap();
+    }
+    for h in [&s, &other] {
+        let u = h.user(dan.id).await.unwrap().unwrap();
+        assert_eq!(u.role, prev, "a sign-in undid a role change");
+        assert!(u.name.unwrap().starts_with("dan via tab"));
+    }
+}
+
+both!(an_owner_is_made_only_while_there_is_none);
+async fn an_owner_is_made_only_while_there_is_none(kind: Kind) {
+    let t = Target::new(kind);
+    let s = t.open().await;
+    let owner = s
+        .create_user(new_user("owner"), OwnerBootstrap::FirstUser)
+        .await
+        .unwrap();
+    let erin = s
+        .create_user(new_user("erin"), OwnerBootstrap::Never)
+        .await
+        .unwrap();
+    let frank = s
+        .create_user(new_user("frank"), OwnerBootstrap::Never)
+        .await
+        .unwrap();
+    // With an owner: nothing changes, and the answer names them (for erin and for the owner alike).
+    for who in [erin.id, owner.id] {
+        match s.make_owner_if_none(who).await.unwrap() {
+            OwnerClaim::Taken(o) => assert_eq!(o.id, owner.id),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(s.user(erin.id).await.unwrap().unwrap().role, Role::Member);
+
+    // The owner deleted: erin and frank race from two handles (replicas for PostgreSQL); exactly one wins.
+    s.delete_user(owner.id).await.unwrap();
+    let s2 = replica(&t, &s).await;
+    let (a, b) = tokio::join!(
+        s.make_owner_if_none(erin.id),
+        s2.make_owner_if_none(frank.id)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let winner = match (&a, &b) {
+        (OwnerClaim::Made(w), OwnerClaim::Taken(o))
+        | (OwnerClaim::Taken(o), OwnerClaim::Made(w)) => {
+            assert_eq!(o.id, w.id);
+            w.clone()
+        }
+        other => panic!("not exactly one owner: {other:?}"),
+    };
+    assert_eq!(winner.role, Role::Owner);
+    let owners: Vec<_> = s2
+        .users()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|u| u.role == Role::Owner)
+        .collect();
+    assert_eq!(owners, vec![winner.clone()]);
+    assert!(s.is_bootstrapped().await.unwrap());
+    // The new owner's record is as before but for the role (and is what every handle reads).
+    let before = if winner.id == erin.id { &erin } else { &frank };
+    assert_eq!(
+        User {
+            role: Role::Member,
+            ..winner.clone()
+        },
+        *before
+    );
+    assert_eq!(s.user(winner.id).await.unwrap().unwrap().role, Role::Owner);
+    // Nobody becomes owner by signing in afterwards.
+    let g = s
+        .create_user(new_user("gina"), OwnerBootstrap::FirstUser)
+        .await
+        .unwrap();
+    assert_eq!(g.role, Role::Member);
+}
