@@ -18,7 +18,8 @@ impl fmt::Display for UserId {
 }
 
 /// Headplane's roles. `Owner` is held by at most one user, and never comes from a claim (S13): only the owner
-/// bootstrap, `transfer_ownership` or an explicit `update_user` while no owner exists make one.
+/// bootstrap, `transfer_ownership`, `make_owner_if_none` or an explicit `update_user` while no owner exists
+/// make one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
