@@ -44,6 +44,8 @@ pub struct App {
     pub(crate) http: HttpClient,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) random: Arc<dyn Random>,
+    /// `X-Request-Id` values.
+    pub(crate) request_ids: RequestIds,
     pub(crate) keys: Arc<Keys>,
     pub(crate) cookies: CookieSettings,
     pub(crate) sessions: Sessions,
@@ -168,12 +170,14 @@ impl App {
         let assertions = Assertions::new(&config, store.clone(), keys.clone(), random.clone());
         assertions.load_blocking(clock.now());
         let identity_names = crate::proxy::hygiene::IdentityNames::from_config(&config.headers);
+        let request_ids = RequestIds::new(random.as_ref());
         let app = App {
             config,
             store,
             http,
             clock,
             random,
+            request_ids,
             keys,
             cookies,
             sessions,
@@ -390,9 +394,7 @@ impl App {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let version = req.version();
-        let mut id = [0u8; 8];
-        self.random.fill(&mut id);
-        let request_id = format!("{:016x}", u64::from_be_bytes(id));
+        let request_id = self.request_ids.next();
         let (mut resp, route) = self.route(req, conn).await;
         let status = resp.status().as_u16();
         let (verdict, reason) = match resp.extensions().get::<crate::gate::Outcome>() {
@@ -414,7 +416,7 @@ impl App {
             peer = %conn.peer,
             method = %method,
             path = %crate::logging::escape(&path),
-            ?version,
+            version = version_str(version),
             status,
             route,
             verdict = verdict.as_str(),
@@ -567,6 +569,47 @@ impl App {
 }
 
 /// The metrics' route class of a route name.
+/// Request ids: unique within a process (a counter), unpredictable across processes (a random key), and
+/// made without a system call on the request path (unlike reading the OS's randomness each time).
+pub(crate) struct RequestIds {
+    key: u64,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl RequestIds {
+    pub(crate) fn new(random: &dyn Random) -> RequestIds {
+        let mut key = [0u8; 8];
+        random.fill(&mut key);
+        RequestIds {
+            key: u64::from_be_bytes(key),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// 16 hex digits. SplitMix64's finalizer is a bijection of `u64`, and so is `key + n × odd`: distinct
+    /// `n` give distinct ids.
+    pub(crate) fn next(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut z = self.key.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        format!("{z:016x}")
+    }
+}
+
+/// The log's name for an HTTP version.
+fn version_str(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
+}
+
 fn route_class(route: &str) -> crate::metrics::RouteClass {
     use crate::metrics::RouteClass as C;
     match route {

@@ -576,6 +576,7 @@ fn check_config(flag: Option<&Path>, env: &HashMap<String, String>) -> Result<Ex
 fn serve(flag: Option<&Path>, env: &HashMap<String, String>) -> Result<ExitCode, Failure> {
     let config = load(flag, env)?;
     crate::logging::init(config.server.log_format, &config.server.log_level);
+    let _flush_logs = crate::logging::FlushOnDrop;
     for w in &config.warnings {
         tracing::warn!("{w}");
     }

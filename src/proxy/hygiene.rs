@@ -31,16 +31,19 @@ pub struct IdentityNames {
     pub email: String,
     pub name: String,
     pub picture: String,
+    /// The four names parsed once (user, email, name, picture), not on every request. `None`: a name that is
+    /// not a valid header name (configuration validation refuses those; such a header is never set).
+    parsed: [Option<HeaderName>; 4],
 }
 
 impl Default for IdentityNames {
     fn default() -> Self {
-        IdentityNames {
-            user: "remote-user".into(),
-            email: "remote-email".into(),
-            name: "remote-name".into(),
-            picture: "remote-picture".into(),
-        }
+        IdentityNames::new(
+            "remote-user".into(),
+            "remote-email".into(),
+            "remote-name".into(),
+            "remote-picture".into(),
+        )
     }
 }
 
@@ -71,11 +74,22 @@ fn folded_starts_with(name: &str, prefix: &str) -> bool {
 
 impl IdentityNames {
     pub fn from_config(h: &crate::config::HeadersConfig) -> Self {
+        IdentityNames::new(
+            h.user_header.clone(),
+            h.email_header.clone(),
+            h.name_header.clone(),
+            h.picture_header.clone(),
+        )
+    }
+
+    fn new(user: String, email: String, name: String, picture: String) -> Self {
+        let parse = |n: &str| HeaderName::from_bytes(n.as_bytes()).ok();
         IdentityNames {
-            user: h.user_header.clone(),
-            email: h.email_header.clone(),
-            name: h.name_header.clone(),
-            picture: h.picture_header.clone(),
+            parsed: [parse(&user), parse(&email), parse(&name), parse(&picture)],
+            user,
+            email,
+            name,
+            picture,
         }
     }
 
@@ -172,14 +186,13 @@ pub fn set_identity(headers: &mut HeaderMap, names: &IdentityNames, id: &Identit
             headers.insert(name, v);
         }
     };
-    for (name, v) in [
-        (&names.user, &id.user),
-        (&names.email, &id.email),
-        (&names.name, &id.name),
-        (&names.picture, &id.picture),
-    ] {
-        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-            set(n, v);
+    for (name, v) in names
+        .parsed
+        .iter()
+        .zip([&id.user, &id.email, &id.name, &id.picture])
+    {
+        if let Some(n) = name {
+            set(n.clone(), v);
         }
     }
     set(HeaderName::from_static(ROLE), &id.role);
