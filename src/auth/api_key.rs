@@ -41,7 +41,9 @@ impl Refusal {
             Refusal::Invalid => "API key is invalid (it may be incorrect or expired)",
             Refusal::NoExpiration => "API key has no expiration date: create one with --expiration",
             Refusal::Unavailable => {
-                "Headscale could not be reached to check the API key: try again in a moment"
+                "Headscale could not be reached to check the API key: try again in a moment (this attempt \
+                 does not count as a failed sign-in). Operators: check that Headscale is running and \
+                 headscale.url."
             }
         }
     }
@@ -306,6 +308,15 @@ pub async fn login(app: &App, req: Request<hyper::body::Incoming>, conn: Conn) -
     let (key, (prefix, key_expires)) = match refusal {
         Ok(v) => v,
         Err(r) => {
+            if r == Refusal::Unavailable {
+                // Headscale's outage is not a wrong guess: take this attempt's failure back, so nobody is
+                // locked out for trying again while Headscale is down.
+                if let Err(e) = app.store.forget_failure(&limit_key, now).await {
+                    tracing::warn!(
+                        "could not take back the failure count of an attempt Headscale did not answer: {e}"
+                    );
+                }
+            }
             tracing::info!(peer = %conn.peer, reason = r.message(), "API-key sign-in refused");
             return form_page(app, r.message(), rd.as_deref(), r.status());
         }

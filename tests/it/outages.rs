@@ -408,3 +408,55 @@ async fn oidc_start_while_the_idp_is_down_is_a_503_login_page_not_a_redirect() {
 async fn oidc_start_while_the_idp_hangs_is_a_503_login_page_within_seconds() {
     start_refuses_while_idp_is_out(Outage::Hang).await;
 }
+
+/// A Headscale outage is not a wrong guess: more API-key attempts than the failure limit (10 in 10 minutes
+/// per client) all get the outage message, never 429, and once Headscale is back a correct key signs in.
+#[tokio::test]
+async fn api_key_attempts_during_a_headscale_outage_do_not_count_toward_the_failure_limit() {
+    let e = gated::start("api_key");
+    let key = e.hs.add_api_key(Some(
+        time::OffsetDateTime::now_utc() + time::Duration::days(1),
+    ));
+    e.hs.down(true);
+    let limit = headgate::auth::api_key::MAX_FAILURES as usize;
+    for attempt in 0..limit + 5 {
+        let b = Browser::new();
+        let page = b.get(e.url("/admin/login")).await;
+        let mut form = page
+            .forms()
+            .into_iter()
+            .find(|f| f.password_fields.iter().any(|p| p == "api_key"))
+            .expect("an API-key form");
+        // The right key and wrong-looking ones alike: Headscale cannot say which.
+        form.set(
+            "api_key",
+            if attempt % 2 == 0 {
+                &key
+            } else {
+                "hskey-api-AAAAAAAAAAAA-0000000000000000000000000000000000000000000000000000000000000000"
+            },
+        );
+        let r = b.submit(&page, &form, None).await;
+        let text = r.visible_text();
+        assert_eq!(r.status(), 503, "attempt {attempt}: {text}");
+        assert!(
+            text.contains("Headscale could not be reached to check the API key")
+                && text.contains("headscale.url"),
+            "attempt {attempt}: {text}"
+        );
+    }
+    e.hs.down(false);
+    let b = Browser::new();
+    let page = b.get(e.url("/admin/login")).await;
+    let mut form = page
+        .forms()
+        .into_iter()
+        .find(|f| f.password_fields.iter().any(|p| p == "api_key"))
+        .expect("an API-key form");
+    form.set("api_key", &key);
+    let r = b.submit(&page, &form, None).await;
+    assert_eq!(r.status(), 303, "{}", r.visible_text());
+    let me = b.get(e.url("/_headgate/whoami")).await;
+    assert_eq!(me.status(), 200, "{}", me.text());
+    assert_eq!(me.json()["auth"], "api_key");
+}
