@@ -3,7 +3,6 @@
 //! rate-limited in the store, and sessions re-checked with headgate's own key.
 
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 
 use crate::app::{App, Body, Conn, LOGIN_PATH, START_PATH};
 use crate::crypto;
@@ -227,11 +226,15 @@ pub async fn login(app: &App, req: Request<hyper::body::Incoming>, conn: Conn) -
         crate::cookies::values(req.headers(), &app.cookies.name(csrf::COOKIE_BASE, "/"))
             .first()
             .map(|s| s.to_string());
-    let body = match Limited::new(req.into_body(), MAX_FORM_BYTES)
-        .collect()
-        .await
+    let body = match respond::read_body(
+        req.into_body(),
+        MAX_FORM_BYTES,
+        app.config.server.body_read_timeout_secs,
+    )
+    .await
     {
-        Ok(b) => b.to_bytes(),
+        Ok(b) => b,
+        Err(respond::BodyError::TooSlow(secs)) => return respond::body_too_slow(secs),
         Err(_) => {
             return respond::error_page(
                 StatusCode::PAYLOAD_TOO_LARGE,
