@@ -13,7 +13,6 @@
 //! - Every pick, key creation and key expiry is audited.
 
 use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 
@@ -215,11 +214,15 @@ async fn read_form(
             "The form must be sent as a plain HTML form.",
         ));
     }
-    let body = match Limited::new(req.into_body(), MAX_FORM_BYTES)
-        .collect()
-        .await
+    let body = match respond::read_body(
+        req.into_body(),
+        MAX_FORM_BYTES,
+        app.config.server.body_read_timeout_secs,
+    )
+    .await
     {
-        Ok(b) => b.to_bytes(),
+        Ok(b) => b,
+        Err(respond::BodyError::TooSlow(secs)) => return Err(respond::body_too_slow(secs)),
         Err(_) => {
             return Err(refused(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -136,6 +136,61 @@ pub fn error_page(
     )
 }
 
+/// Why the body of a request headgate reads itself could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Longer than the limit given.
+    TooLarge,
+    /// Not all there within `server.body_read_timeout_secs` (the seconds).
+    TooSlow(u64),
+    /// The connection failed while reading.
+    Failed,
+}
+
+/// Read a whole request body of at most `limit` bytes within `timeout_secs` (`server.body_read_timeout_secs`):
+/// a client that sends its headers and then trickles the body cannot hold the connection (and a task) open.
+pub async fn read_body(
+    body: hyper::body::Incoming,
+    limit: usize,
+    timeout_secs: u64,
+) -> Result<bytes::Bytes, BodyError> {
+    use http_body_util::{BodyExt, Limited};
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(timeout_secs),
+        Limited::new(body, limit).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(BodyError::TooLarge)
+        }
+        Ok(Err(_)) => Err(BodyError::Failed),
+        Err(_) => Err(BodyError::TooSlow(timeout_secs)),
+    }
+}
+
+/// 408 for a body that did not arrive in time; the connection is closed after it.
+pub fn body_too_slow(secs: u64) -> Response<Body> {
+    tracing::warn!(
+        "closed a connection whose request body did not arrive within {secs} s (server.body_read_timeout_secs)"
+    );
+    let mut r = error_page(
+        StatusCode::REQUEST_TIMEOUT,
+        "Request timed out",
+        &format!("The request body did not arrive within {secs} seconds."),
+        Some(
+            "Try again. Operators: a slow network or proxy may need a larger server.body_read_timeout_secs.",
+        ),
+    );
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 /// Add `Set-Cookie` values to a response.
 pub fn with_cookies(mut r: Response<Body>, cookies: &[String]) -> Response<Body> {
     for c in cookies {

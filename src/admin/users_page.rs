@@ -14,7 +14,6 @@
 //! public prefix. Store ids start at 1, so id 0 never names a real user.
 
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::admin::ops::{self, Actor, OpError};
@@ -308,11 +307,15 @@ pub async fn post(app: &App, req: Request<Incoming>) -> Response<Body> {
             "The form must be sent as a plain HTML form (`application/x-www-form-urlencoded`).",
         );
     }
-    let body = match Limited::new(req.into_body(), MAX_FORM_BYTES)
-        .collect()
-        .await
+    let body = match respond::read_body(
+        req.into_body(),
+        MAX_FORM_BYTES,
+        app.config.server.body_read_timeout_secs,
+    )
+    .await
     {
-        Ok(b) => b.to_bytes(),
+        Ok(b) => b,
+        Err(respond::BodyError::TooSlow(secs)) => return respond::body_too_slow(secs),
         Err(_) => {
             return page_error(
                 StatusCode::PAYLOAD_TOO_LARGE,

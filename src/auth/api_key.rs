@@ -3,7 +3,6 @@
 //! rate-limited in the store, and sessions re-checked with headgate's own key.
 
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 
 use crate::app::{App, Body, Conn, LOGIN_PATH, START_PATH};
 use crate::crypto;
@@ -41,7 +40,9 @@ impl Refusal {
             Refusal::Invalid => "API key is invalid (it may be incorrect or expired)",
             Refusal::NoExpiration => "API key has no expiration date: create one with --expiration",
             Refusal::Unavailable => {
-                "Headscale could not be reached to check the API key: try again in a moment"
+                "Headscale could not be reached to check the API key: try again in a moment (this attempt \
+                 does not count as a failed sign-in). Operators: check that Headscale is running and \
+                 headscale.url."
             }
         }
     }
@@ -225,11 +226,15 @@ pub async fn login(app: &App, req: Request<hyper::body::Incoming>, conn: Conn) -
         crate::cookies::values(req.headers(), &app.cookies.name(csrf::COOKIE_BASE, "/"))
             .first()
             .map(|s| s.to_string());
-    let body = match Limited::new(req.into_body(), MAX_FORM_BYTES)
-        .collect()
-        .await
+    let body = match respond::read_body(
+        req.into_body(),
+        MAX_FORM_BYTES,
+        app.config.server.body_read_timeout_secs,
+    )
+    .await
     {
-        Ok(b) => b.to_bytes(),
+        Ok(b) => b,
+        Err(respond::BodyError::TooSlow(secs)) => return respond::body_too_slow(secs),
         Err(_) => {
             return respond::error_page(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -306,6 +311,15 @@ pub async fn login(app: &App, req: Request<hyper::body::Incoming>, conn: Conn) -
     let (key, (prefix, key_expires)) = match refusal {
         Ok(v) => v,
         Err(r) => {
+            if r == Refusal::Unavailable {
+                // Headscale's outage is not a wrong guess: take this attempt's failure back, so nobody is
+                // locked out for trying again while Headscale is down.
+                if let Err(e) = app.store.forget_failure(&limit_key, now).await {
+                    tracing::warn!(
+                        "could not take back the failure count of an attempt Headscale did not answer: {e}"
+                    );
+                }
+            }
             tracing::info!(peer = %conn.peer, reason = r.message(), "API-key sign-in refused");
             return form_page(app, r.message(), rd.as_deref(), r.status());
         }

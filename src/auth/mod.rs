@@ -169,6 +169,62 @@ fn login_redirect(code: &str) -> Response<Body> {
     respond::redirect(StatusCode::FOUND, &format!("{LOGIN_PATH}?s={code}"))
 }
 
+/// The login page saying why single sign-on cannot start now (503): the IdP at `issuer` did not answer.
+fn sso_unavailable_page(
+    app: &App,
+    headers: &HeaderMap,
+    issuer: &str,
+    target: &str,
+) -> Response<Body> {
+    let api_key_form = app.headscale.is_some()
+        && !app
+            .config
+            .oidc
+            .as_ref()
+            .is_some_and(|o| o.disable_api_key_login);
+    let reason = format!(
+        "the identity provider at {issuer} did not answer. Try again in a moment{}. Operators: check \
+         oidc.issuer and that the identity provider is running and reachable from headgate.",
+        if api_key_form {
+            ", or sign in with an API key"
+        } else {
+            ""
+        }
+    );
+    let page = pages::login::LoginPage {
+        sso: pages::login::Sso::Unavailable { reason: &reason },
+        api_key_form,
+        status: None,
+        api_key_error: None,
+        warnings: &[],
+        return_target: (target != "/admin/").then_some(target),
+        csrf_token: "",
+        start_path: START_PATH,
+        login_path: LOGIN_PATH,
+    };
+    // Keep the browser's CSRF cookie when it has one, so a login page it already shows stays usable.
+    let existing = crate::cookies::values(headers, &app.cookies.name(csrf::COOKIE_BASE, "/"))
+        .first()
+        .map(|s| s.to_string())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    match existing {
+        Some(value) => {
+            let token = csrf::token_for(&app.keys, &value);
+            let html = pages::login::render(&pages::login::LoginPage {
+                csrf_token: &token,
+                ..page
+            });
+            respond::page(StatusCode::SERVICE_UNAVAILABLE, html)
+        }
+        None => login_response(app, page, StatusCode::SERVICE_UNAVAILABLE),
+    }
+}
+
 /// `GET /admin/oidc/start`: a fresh flow in its own encrypted cookie, then the IdP.
 pub async fn oidc_start(
     app: &App,
@@ -200,19 +256,24 @@ pub async fn oidc_start(
     let target = app
         .redirects
         .validate_or_default(query_param(req.uri(), "rd").as_deref());
-    let endpoints = match rp.endpoints().await {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!("{e}");
-            return respond::error_page(
-                StatusCode::BAD_GATEWAY,
-                "Single sign-on is unavailable",
-                "headgate could not reach the identity provider.",
-                Some(
-                    "Try again in a moment, or sign in with an API key. Operators: see headgate's log (oidc.issuer).",
-                ),
-            );
-        }
+    // Never send the browser to an IdP that does not answer: the discovery document may still be cached
+    // while the IdP is down, so ask the same question the login page asks (a short, briefly cached probe).
+    let endpoints = match rp.status().await {
+        SsoStatus::Unavailable(_) => None,
+        SsoStatus::Available => match rp.endpoints().await {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::error!("{e}");
+                None
+            }
+        },
+    };
+    let Some(endpoints) = endpoints else {
+        tracing::warn!(
+            issuer = %rp.config().issuer,
+            "sign-in start refused: the IdP does not answer (oidc.issuer); the browser gets the login page with a 503"
+        );
+        return sso_unavailable_page(app, req.headers(), &rp.config().issuer, target.as_str());
     };
     let now = app.now();
     let flow = Flow {

@@ -69,6 +69,9 @@ pub struct ServerConfig {
     pub api_key_recheck_interval: u64,
     /// How often open event streams and websockets are re-checked against their session (S19, ≤ 30 s).
     pub stream_recheck_secs: u64,
+    /// How long a client may take to send the body of a request headgate reads itself (its forms, the
+    /// back-channel logout): 408 and the connection closed after that.
+    pub body_read_timeout_secs: u64,
     /// A separate listener for `/_headgate/metrics` (then not served on `listen`).
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -747,6 +750,7 @@ fn read_server(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<Ser
     }
     let api_key_recheck_interval = s.u64_in("api_key_recheck_interval", 300, 1, 300);
     let stream_recheck_secs = s.u64_in("stream_recheck_secs", 15, 1, 30);
+    let body_read_timeout_secs = s.u64_in("body_read_timeout_secs", 10, 1, 300);
     let metrics_listen = s
         .string("metrics_listen")
         .and_then(|v| match v.parse::<SocketAddr>() {
@@ -804,6 +808,7 @@ fn read_server(s: &mut Section<'_>, env: &HashMap<String, String>) -> Option<Ser
         trusted_proxies,
         api_key_recheck_interval,
         stream_recheck_secs,
+        body_read_timeout_secs,
         metrics_listen,
     })
 }

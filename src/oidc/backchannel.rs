@@ -12,11 +12,11 @@
 //! `Cache-Control: no-store`.
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
 use serde_json::{Map, Value, json};
 
 use crate::app::{App, Body};
 use crate::oidc::rp::SKEW_SECS;
+use crate::respond;
 use crate::store::NewAuditEvent;
 
 pub const PATH: &str = "/_headgate/oidc/backchannel-logout";
@@ -189,17 +189,31 @@ pub async fn handle(app: &App, req: Request<hyper::body::Incoming>) -> Response<
     if !media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
         return refuse("the body must be application/x-www-form-urlencoded");
     }
-    let body = match tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        Limited::new(req.into_body(), MAX_BODY_BYTES).collect(),
+    let body = match respond::read_body(
+        req.into_body(),
+        MAX_BODY_BYTES,
+        app.config.server.body_read_timeout_secs,
     )
     .await
     {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
+        Ok(b) => b,
+        Err(respond::BodyError::TooSlow(secs)) => {
+            tracing::warn!(
+                "back-channel logout body did not arrive within {secs} s (server.body_read_timeout_secs)"
+            );
+            let mut r = answer(
+                StatusCode::REQUEST_TIMEOUT,
+                Some(
+                    json!({ "error": "invalid_request", "error_description": "the body did not arrive in time" }),
+                ),
+            );
+            r.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            return r;
+        }
+        Err(respond::BodyError::TooLarge) => {
             return answer(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 Some(

@@ -584,6 +584,12 @@ impl Store {
         dispatch!(self.prune_rate_limits(now, window))
     }
 
+    /// Take back one failure recorded at `at` for `key` (an attempt that turned out not to be a guess, e.g.
+    /// Headscale did not answer); the others stay.
+    pub async fn forget_failure(&self, key: &str, at: i64) -> Result<(), StoreError> {
+        dispatch!(self.forget_failure(key.to_string(), at))
+    }
+
     pub async fn clear_failures(&self, key: &str) -> Result<(), StoreError> {
         dispatch!(self.clear_failures(key.to_string()))
     }

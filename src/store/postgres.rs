@@ -1848,6 +1848,22 @@ impl PgStore {
         .map_err(|e| self.pg_err(e))
     }
 
+    pub(super) async fn forget_failure(&self, key: String, at: i64) -> Result<(), StoreError> {
+        transaction!(self, t => {
+            let row = t
+                .query_opt("SELECT times FROM headgate_rate_limits WHERE bucket = $1 FOR UPDATE", &[&key])
+                .await?;
+            let Some(row) = row else { return Ok(()) };
+            let mut times: Vec<i64> = row.get(0);
+            if let Some(i) = times.iter().rposition(|x| *x == at) {
+                times.remove(i);
+                t.execute("UPDATE headgate_rate_limits SET times = $2 WHERE bucket = $1", &[&key, &times])
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+
     pub(super) async fn clear_failures(&self, key: String) -> Result<(), StoreError> {
         let c = self.client().await?;
         c.execute(

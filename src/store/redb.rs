@@ -1208,6 +1208,27 @@ impl RedbStore {
     }
 
     /// Forget the failures of `key` (after a success).
+    pub(super) async fn forget_failure(&self, key: String, at: i64) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            let mut t = txn.open_table(RATE_LIMITS)?;
+            let mut times: Vec<i64> = match t.get(key.as_str())? {
+                Some(v) => serde_json::from_slice(v.value()).unwrap_or_default(),
+                None => return Ok(()),
+            };
+            if let Some(i) = times.iter().rposition(|x| *x == at) {
+                times.remove(i);
+                if times.is_empty() {
+                    t.remove(key.as_str())?;
+                } else {
+                    let bytes = serde_json::to_vec(&times).expect("a list of numbers serialises");
+                    t.insert(key.as_str(), bytes.as_slice())?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     pub(super) async fn clear_failures(&self, key: String) -> Result<(), StoreError> {
         self.write(move |txn| {
             txn.open_table(RATE_LIMITS)?.remove(key.as_str())?;

@@ -148,3 +148,114 @@ async fn oversized_form_bodies_are_413_on_headgates_own_endpoints() {
     }
     healthy(&site).await;
 }
+
+/// Send a request head announcing `len` body bytes, then trickle the body a byte every 300 ms; returns what
+/// headgate answered and how long until it closed the connection (None: still open after 15 s).
+async fn trickle_body(site: &Site, path: &str, len: usize) -> (String, Option<Duration>) {
+    let mut s = tokio::net::TcpStream::connect(addr(site)).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nOrigin: {}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {len}\r\n\r\na",
+        site.port,
+        site.base()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let (mut rd, mut wr) = s.into_split();
+    let reader = async {
+        let mut buf = Vec::new();
+        let _ = rd.read_to_end(&mut buf).await;
+        (buf, started.elapsed())
+    };
+    let trickle = async {
+        for _ in 1..len {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if wr.write_all(b"a").await.is_err() {
+                break;
+            }
+        }
+        // Never finish: wait for the reader.
+        std::future::pending::<()>().await;
+    };
+    let got = tokio::time::timeout(Duration::from_secs(15), async {
+        tokio::select! {
+            r = reader => r,
+            _ = trickle => unreachable!(),
+        }
+    })
+    .await;
+    match got {
+        Ok((buf, took)) => (String::from_utf8_lossy(&buf).into_owned(), Some(took)),
+        Err(_) => (String::new(), None),
+    }
+}
+
+#[tokio::test]
+async fn a_trickled_form_body_is_408_and_closed_within_server_body_read_timeout_secs() {
+    let site = Site::new();
+    let hs = FakeHeadscale::start();
+    let rogue = crate::harness::rogue::RogueIdp::start();
+    let _hg = site
+        .config(Some(&hs))
+        .server("body_read_timeout_secs", "2")
+        .section(crate::harness::stack::oidc_section(rogue.issuer(), ""))
+        .start();
+    for path in ["/admin/login", "/_headgate/oidc/backchannel-logout"] {
+        let (answer, took) = trickle_body(&site, path, 1000).await;
+        let took =
+            took.unwrap_or_else(|| panic!("{path}: the connection is still open after 15 s"));
+        assert!(
+            took >= Duration::from_millis(1500) && took < Duration::from_secs(6),
+            "{path}: closed after {took:?}"
+        );
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{path}: {answer}"
+        );
+        if path == "/admin/login" {
+            assert!(
+                answer.contains("server.body_read_timeout_secs"),
+                "{path}: {answer}"
+            );
+        }
+    }
+    // A body that arrives in time is read as before (a wrong-key refusal, not a timeout).
+    let (answer, _) = {
+        let host = format!("127.0.0.1:{}", site.port);
+        let base = site.base();
+        let a = wire::h1_raw(
+            addr(&site),
+            &wire::h1_bytes(
+                "POST",
+                b"/admin/login",
+                &[
+                    ("Host", host.as_str()),
+                    ("Origin", base.as_str()),
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                    ("Content-Length", "9"),
+                ],
+                b"api_key=x",
+            ),
+        )
+        .await
+        .expect("an answer");
+        (a.status, ())
+    };
+    assert_ne!(answer, 408);
+    healthy(&site).await;
+}
+
+#[test]
+fn body_read_timeout_secs_is_validated() {
+    for bad in ["0", "301", "\"ten\""] {
+        let cfg =
+            crate::harness::headgate::HeadgateConfig::new().server("body_read_timeout_secs", bad);
+        let (code, out, err) = cfg.run(&["check-config"]);
+        assert_eq!(code, 2, "{bad}: {out}{err}");
+        assert!(
+            format!("{out}{err}").contains("server.body_read_timeout_secs"),
+            "{bad}: {out}{err}"
+        );
+    }
+}

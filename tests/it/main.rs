@@ -19,6 +19,7 @@ mod check_config;
 mod cli;
 mod config;
 mod corpora;
+mod crash;
 mod deploy_files;
 mod fake_headscale;
 mod forward_auth;

@@ -321,3 +321,142 @@ async fn a_store_that_cannot_write_refuses_sign_ins_clearly_and_keeps_reading_se
     assert_eq!(bob.get(hg.url("/_headgate/whoami")).await.status(), 200);
     assert_eq!(alice.get(hg.url("/_headgate/whoami")).await.status(), 200);
 }
+
+/// `/admin/oidc/start` while the IdP does not answer: the login page with a 503 that says so and names the
+/// issuer and the config key, never a redirect to the dead IdP (whose discovery document is still cached).
+async fn start_refuses_while_idp_is_out(outage: Outage) {
+    let e = gated::start("api_key");
+    let _owner = e.person("owner", "p-owner", None, "owner", false).await;
+    e.rogue.set_outage(outage);
+    // The IdP's last answer counts for a few seconds (as on the login page); then start stops redirecting.
+    let out_since = Instant::now();
+    let p = loop {
+        let started = Instant::now();
+        let p = Browser::new()
+            .get(e.url("/admin/oidc/start?rd=/admin/machines"))
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "start took {:?}",
+            started.elapsed()
+        );
+        if p.status() != 302 {
+            break p;
+        }
+        assert!(
+            out_since.elapsed() < Duration::from_secs(12),
+            "start still redirects to the IdP: {:?}",
+            p.location()
+        );
+        // Not faster: starts are limited to 30 a minute per client.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(p.status(), 503, "{:?}: {}", p.header("location"), p.text());
+    assert!(p.header("location").is_none());
+    let text = p.visible_text();
+    assert!(says_sso_unavailable(&p), "{text}");
+    assert!(
+        text.contains(&format!(
+            "the identity provider at {} did not answer",
+            e.rogue.issuer()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("oidc.issuer"), "{text}");
+    assert!(!offers_sso(&p), "{}", p.text());
+    // The page still offers the API-key form, which works.
+    assert!(
+        p.forms()
+            .iter()
+            .any(|f| f.password_fields.iter().any(|n| n == "api_key")),
+        "{}",
+        p.text()
+    );
+    let api = e.api_key_session().await;
+    assert_eq!(
+        api.browser.get(e.url("/_headgate/whoami")).await.status(),
+        200
+    );
+
+    // Back: start redirects to the IdP again without a restart.
+    e.rogue.set_outage(Outage::None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let p = Browser::new().get(e.url("/admin/oidc/start")).await;
+        if p.status() == 302 {
+            assert!(
+                p.location().unwrap().as_str().starts_with(e.rogue.issuer()),
+                "{:?}",
+                p.location()
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "start still says {}", p.status());
+        // Not faster: starts are limited to 30 a minute per client.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let again = e.person("again", "p-owner", None, "owner", false).await;
+    still_signed_in(&e, &again, "after the outage").await;
+}
+
+#[tokio::test]
+async fn oidc_start_while_the_idp_is_down_is_a_503_login_page_not_a_redirect() {
+    start_refuses_while_idp_is_out(Outage::Down).await;
+}
+
+#[tokio::test]
+async fn oidc_start_while_the_idp_hangs_is_a_503_login_page_within_seconds() {
+    start_refuses_while_idp_is_out(Outage::Hang).await;
+}
+
+/// A Headscale outage is not a wrong guess: more API-key attempts than the failure limit (10 in 10 minutes
+/// per client) all get the outage message, never 429, and once Headscale is back a correct key signs in.
+#[tokio::test]
+async fn api_key_attempts_during_a_headscale_outage_do_not_count_toward_the_failure_limit() {
+    let e = gated::start("api_key");
+    let key = e.hs.add_api_key(Some(
+        time::OffsetDateTime::now_utc() + time::Duration::days(1),
+    ));
+    e.hs.down(true);
+    let limit = headgate::auth::api_key::MAX_FAILURES as usize;
+    for attempt in 0..limit + 5 {
+        let b = Browser::new();
+        let page = b.get(e.url("/admin/login")).await;
+        let mut form = page
+            .forms()
+            .into_iter()
+            .find(|f| f.password_fields.iter().any(|p| p == "api_key"))
+            .expect("an API-key form");
+        // The right key and wrong-looking ones alike: Headscale cannot say which.
+        form.set(
+            "api_key",
+            if attempt % 2 == 0 {
+                &key
+            } else {
+                "hskey-api-AAAAAAAAAAAA-0000000000000000000000000000000000000000000000000000000000000000"
+            },
+        );
+        let r = b.submit(&page, &form, None).await;
+        let text = r.visible_text();
+        assert_eq!(r.status(), 503, "attempt {attempt}: {text}");
+        assert!(
+            text.contains("Headscale could not be reached to check the API key")
+                && text.contains("headscale.url"),
+            "attempt {attempt}: {text}"
+        );
+    }
+    e.hs.down(false);
+    let b = Browser::new();
+    let page = b.get(e.url("/admin/login")).await;
+    let mut form = page
+        .forms()
+        .into_iter()
+        .find(|f| f.password_fields.iter().any(|p| p == "api_key"))
+        .expect("an API-key form");
+    form.set("api_key", &key);
+    let r = b.submit(&page, &form, None).await;
+    assert_eq!(r.status(), 303, "{}", r.visible_text());
+    let me = b.get(e.url("/_headgate/whoami")).await;
+    assert_eq!(me.status(), 200, "{}", me.text());
+    assert_eq!(me.json()["auth"], "api_key");
+}

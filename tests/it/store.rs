@@ -2369,3 +2369,25 @@ async fn an_owner_is_made_only_while_there_is_none(kind: Kind) {
         .unwrap();
     assert_eq!(g.role, Role::Member);
 }
+
+both!(a_forgotten_failure_no_longer_counts_and_the_others_stay);
+async fn a_forgotten_failure_no_longer_counts_and_the_others_stay(kind: Kind) {
+    let t = Target::new(kind);
+    let store = t.open().await;
+    let key = "api_key_login:10.0.0.9";
+    for at in [100, 200, 200, 300] {
+        store.record_failure(key, at, 600).await.unwrap();
+    }
+    // An attempt Headscale did not answer is taken back: one of the two at 200, nothing else.
+    store.forget_failure(key, 200).await.unwrap();
+    assert_eq!(store.failures(key, 300, 600).await.unwrap(), 3);
+    store.forget_failure(key, 200).await.unwrap();
+    assert_eq!(store.failures(key, 300, 600).await.unwrap(), 2);
+    // Nothing recorded at that moment (or no row at all): nothing changes.
+    store.forget_failure(key, 250).await.unwrap();
+    store
+        .forget_failure("api_key_login:10.0.0.10", 200)
+        .await
+        .unwrap();
+    assert_eq!(store.failures(key, 300, 600).await.unwrap(), 2);
+}
