@@ -416,11 +416,12 @@ impl App {
             peer = %conn.peer,
             method = %method,
             path = %crate::logging::escape(&path),
-            version = version_str(version),
+            version = %version_str(version),
             status,
-            route,
-            verdict = verdict.as_str(),
-            reason,
+            // Display, not the default Debug of a `&str` (quoted and escaped): these are fixed words.
+            route = %route,
+            verdict = %verdict.as_str(),
+            reason = %reason,
             ms = started.elapsed().as_secs_f64() * 1000.0,
             "request"
         );

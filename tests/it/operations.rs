@@ -209,7 +209,7 @@ async fn metrics_count_sign_ins_allows_and_denies_and_the_log_says_why() {
         .process
         .wait_for_line(Duration::from_secs(5), |l| l.contains(&request_id));
     assert!(
-        line.contains("verdict=\"deny\"") || line.contains("\"verdict\":\"deny\""),
+        line.contains("verdict=deny ") || line.contains("\"verdict\":\"deny\""),
         "{line}"
     );
     assert!(line.contains("reason="), "{line}");
