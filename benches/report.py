@@ -225,6 +225,8 @@ def main():
             ("nginx auth_request → headgate / Apache + mod_auth_openidc", "nginx_auth", "apache"),
         ]
         for label, a, b in rows:
+            if a not in data or b not in data:
+                continue  # a run of some systems only (--only)
             md.append(f"| {label} | " + " | ".join(fmt_ratio(ratio(rps(a, c), rps(b, c))) for c in conns) + " |")
         md.append("")
         peak = mib(meta.get("headgate_peak_rss_kib"))
