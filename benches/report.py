@@ -17,6 +17,7 @@ SYSTEMS = [
     ("nginx", "nginx proxy_pass (keepalive)"),
     ("headgate", "headgate reverse proxy, signed in"),
     ("verdict", "headgate forward-auth verdict, direct"),
+    ("verdict_pg", "headgate forward-auth verdict, PostgreSQL store"),
     ("nginx_auth", "nginx auth_request → headgate → upstream"),
     ("apache", "Apache + mod_auth_openidc, signed in"),
 ]
@@ -25,6 +26,7 @@ COLORS = {
     "nginx": "#2b8a3e",
     "headgate": "#1c64d8",
     "verdict": "#7048e8",
+    "verdict_pg": "#0c8599",
     "nginx_auth": "#e8590c",
     "apache": "#c92a2a",
 }
@@ -185,7 +187,9 @@ def main():
         f"({meta.get('cpu', '?')}), {meta.get('memory', '?')}, Linux {meta.get('kernel', '?')}; load generator "
         f"wrk {meta.get('wrk', '?')} (`-t2`, `-t1` at 1 connection) on the same cores. headgate "
         f"{meta.get('headgate', '?')}, nginx {meta.get('nginx', '?')}, Apache {meta.get('apache', '?')} with "
-        f"mod_auth_openidc {meta.get('mod_auth_openidc', '?')}. {meta.get('rounds', '?')} rounds of "
+        f"mod_auth_openidc {meta.get('mod_auth_openidc', '?')}"
+        + (f", PostgreSQL {meta['postgresql']}" if "postgresql" in meta else "")
+        + f". {meta.get('rounds', '?')} rounds of "
         f"{meta.get('duration', '?')} s per figure, alternating the systems; each figure is the median of the "
         "rounds, errors are summed. Every system logs each request (access logs on). Compare ratios from one "
         "run, not absolute numbers across machines.\n"
@@ -214,12 +218,15 @@ def main():
         rows = [
             ("headgate proxy / limit", "headgate", "limit"),
             ("headgate verdict / limit", "verdict", "limit"),
+            ("verdict PostgreSQL / redb", "verdict_pg", "verdict"),
             ("headgate proxy / nginx proxy_pass", "headgate", "nginx"),
             ("headgate proxy / Apache + mod_auth_openidc", "headgate", "apache"),
             ("nginx auth_request → headgate / nginx proxy_pass", "nginx_auth", "nginx"),
             ("nginx auth_request → headgate / Apache + mod_auth_openidc", "nginx_auth", "apache"),
         ]
         for label, a, b in rows:
+            if a not in data or b not in data:
+                continue  # a run of some systems only (--only)
             md.append(f"| {label} | " + " | ".join(fmt_ratio(ratio(rps(a, c), rps(b, c))) for c in conns) + " |")
         md.append("")
         peak = mib(meta.get("headgate_peak_rss_kib"))
@@ -227,6 +234,18 @@ def main():
             md.append(
                 f"headgate's peak RSS over the whole run (proxy, verdicts, nginx auth_request): **{peak:.1f} MiB**; "
                 f"ready {meta.get('headgate_ready_ms', '?')} ms after start.\n"
+            )
+        if "verdict_pg" in data:
+            pg_peak = mib(meta.get("headgate_pg_peak_rss_kib"))
+            md.append(
+                "The PostgreSQL store: one headgate replica (`[store] backend = \"postgres\"`, `pool_size = 8`) on "
+                "the same machine, a local PostgreSQL (default settings) over TCP on 127.0.0.1, holding the same "
+                "sessions (copied with `headgate store migrate`); the redb headgate is idle while it is measured. "
+                "Reads go through headgate's per-replica cache (an entry is used at most 1 s after it was read, "
+                "changes announced by `LISTEN/NOTIFY`), so a verdict mostly costs no round trip to PostgreSQL."
+                + (f" Its peak RSS: **{pg_peak:.1f} MiB**" if pg_peak is not None else "")
+                + (f"; ready {meta['headgate_pg_ready_ms']} ms after start." if "headgate_pg_ready_ms" in meta else ".")
+                + "\n"
             )
 
     c = max(conns)
