@@ -1457,30 +1457,7 @@ impl PgStore {
         key: SessionKey,
         record: SessionRecord,
     ) -> Result<(), StoreError> {
-        let c = self.client().await?;
-        let r = c
-            .execute(
-                "INSERT INTO headgate_sessions (key, user_id, expires, v, record) VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    &key.as_bytes().as_slice(),
-                    &record.user_id().map(|u| id(u.0)),
-                    &record.expires,
-                    &RECORD_V1,
-                    &Json(&record),
-                ],
-            )
-            .await;
-        self.invalidated(&[session_tag(&key)]);
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if sql_state(&e) == Some("23505") => {
-                Err(StoreError::Conflict(format!("{key:?} already exists")))
-            }
-            Err(e) if sql_state(&e) == Some("23503") => {
-                Err(self.fail(user_not_found(record.user_id().unwrap_or(UserId(0)))))
-            }
-            Err(e) => Err(self.pg_err(e)),
-        }
+        self.create_sessions(vec![(key, record)]).await
     }
 
     /// The session with its person and link, from the cache where it can (three cached reads, not one
@@ -1504,11 +1481,20 @@ impl PgStore {
         &self,
         batch: Vec<(SessionKey, SessionRecord)>,
     ) -> Result<(), StoreError> {
+        let tags: Vec<_> = batch.iter().map(|(key, _)| session_tag(key)).collect();
+        let r = self.insert_sessions(&batch).await;
+        // Whatever the outcome (a commit whose answer was lost included): no cached absence survives it.
+        self.invalidated(&tags);
+        r
+    }
+
+    async fn insert_sessions(
+        &self,
+        batch: &[(SessionKey, SessionRecord)],
+    ) -> Result<(), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(|e| self.pg_err(e))?;
-        let mut tags = Vec::with_capacity(batch.len());
-        for (key, record) in &batch {
-            tags.push(session_tag(key));
+        for (key, record) in batch {
             let r = tx
                 .execute(
                     "INSERT INTO headgate_sessions (key, user_id, expires, v, record) VALUES ($1, $2, $3, $4, $5)",
@@ -1532,9 +1518,7 @@ impl PgStore {
                 Err(e) => return Err(self.pg_err(e)),
             }
         }
-        tx.commit().await.map_err(|e| self.pg_err(e))?;
-        self.invalidated(&tags);
-        Ok(())
+        tx.commit().await.map_err(|e| self.pg_err(e))
     }
 
     pub(super) async fn count_live_sessions(&self, now: i64) -> Result<u64, StoreError> {

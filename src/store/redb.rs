@@ -879,19 +879,7 @@ impl RedbStore {
         key: SessionKey,
         record: SessionRecord,
     ) -> Result<(), StoreError> {
-        self.write(move |txn| {
-            if let Some(uid) = record.user_id()
-                && get_user(&txn.open_table(USERS)?, uid)?.is_none()
-            {
-                return Err(user_not_found(uid));
-            }
-            let mut sessions = SessionTables::open(txn)?;
-            if sessions.main.get(key.0)?.is_some() {
-                return Err(StoreError::Conflict(format!("{key:?} already exists")).into());
-            }
-            sessions.insert(key, &record)
-        })
-        .await
+        self.create_sessions(vec![(key, record)]).await
     }
 
     pub(super) async fn create_sessions(
